@@ -1,0 +1,101 @@
+"""The packed-batch contract: the one module both the data pipeline and the model import.
+
+A row is two fixed-capacity streams that share one attention (ARCHITECTURE.md):
+
+* the text stream (``L_txt`` slots) holds TXT and VIT tokens and runs through the text pathway;
+* the vision stream (``L_vis`` slots) holds CVAE and NVAE tokens and runs through the vision
+  pathway.
+
+Every slot carries its own metadata (segment, kind, image, pos), and the model derives the
+attention mask and IL-RoPE from it, so where a token sits in its stream does not matter.
+
+Field names are ``<stream>_<name>``; shapes are ``[B, L_txt, ...]`` for ``txt_*`` and
+``[B, L_vis, ...]`` for ``vis_*``. A batch is a plain ``dict[str, np.ndarray | jax.Array]``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Mapping
+
+import numpy as np
+
+
+class Kind(enum.IntEnum):
+  """What a slot holds. PAD must be 0 so a zero-filled row is all padding."""
+
+  PAD = 0
+  TXT = 1  # a sentencepiece token, incl. <img> and </img>      (text stream)
+  VIT = 2  # an understanding-encoder patch of a context image  (text stream)
+  CVAE = 3  # a clean generation-encoder latent patch            (vision stream)
+  NVAE = 4  # a noisy copy of a generation image's latent patch  (vision stream)
+
+
+NUM_KINDS = len(Kind)
+TEXT_STREAM_KINDS = (Kind.TXT, Kind.VIT)
+VISION_STREAM_KINDS = (Kind.CVAE, Kind.NVAE)
+
+# Metadata fields every slot of both streams carries.
+META_FIELDS = ("segment", "kind", "image", "pos")
+
+
+def txt_spec(l_txt: int, patch_dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Per-row shapes and dtypes of the text stream (no batch dimension)."""
+  return {
+      "txt_segment": ((l_txt,), np.dtype(np.int32)),  # packed document id; 0 = padding
+      "txt_kind": ((l_txt,), np.dtype(np.int32)),  # Kind.TXT, Kind.VIT or Kind.PAD
+      "txt_image": ((l_txt,), np.dtype(np.int32)),  # image id within the row; 0 for text
+      "txt_pos": ((l_txt, 3), np.dtype(np.int32)),  # IL-RoPE (T, H, W)
+      "txt_token": ((l_txt,), np.dtype(np.int32)),  # token id of TXT slots, 0 elsewhere
+      "txt_target": ((l_txt,), np.dtype(np.int32)),  # next TXT token of the document
+      "txt_loss_w": ((l_txt,), np.dtype(np.float32)),  # 1 where next-token CE applies
+      "txt_patch": ((l_txt, patch_dim), np.dtype(np.float32)),  # VIT patch pixels in [-1, 1]
+  }
+
+
+def vis_spec(l_vis: int, latent_dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Per-row shapes and dtypes of the vision stream (no batch dimension)."""
+  return {
+      "vis_segment": ((l_vis,), np.dtype(np.int32)),
+      "vis_kind": ((l_vis,), np.dtype(np.int32)),  # Kind.CVAE, Kind.NVAE or Kind.PAD
+      "vis_image": ((l_vis,), np.dtype(np.int32)),
+      "vis_pos": ((l_vis, 3), np.dtype(np.int32)),
+      # The clean latent patch x1, for CVAE and NVAE slots alike: the train step draws t and
+      # the noise and builds x_t itself, so the pipeline stays deterministic.
+      "vis_latent": ((l_vis, latent_dim), np.dtype(np.float32)),
+      "vis_loss_w": ((l_vis,), np.dtype(np.float32)),  # 1 on NVAE slots that train flow
+  }
+
+
+def row_spec(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int):
+  return {**txt_spec(l_txt, patch_dim), **vis_spec(l_vis, latent_dim)}
+
+
+def empty_row(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int) -> dict[str, np.ndarray]:
+  """An all-padding row: every field zero (segment 0, Kind.PAD)."""
+  return {k: np.zeros(shape, dtype) for k, (shape, dtype) in
+          row_spec(l_txt, l_vis, patch_dim, latent_dim).items()}
+
+
+def check_batch(batch: Mapping[str, np.ndarray], l_txt: int, l_vis: int, patch_dim: int,
+                latent_dim: int) -> None:
+  """Raises ValueError naming the first field whose shape or dtype breaks the contract.
+
+  Accepts a row (no batch dim) or a batch (leading batch dim of any size).
+  """
+  spec = row_spec(l_txt, l_vis, patch_dim, latent_dim)
+  missing = sorted(set(spec) - set(batch))
+  if missing:
+    raise ValueError(f"packed batch is missing fields {missing}")
+  for name, (shape, dtype) in spec.items():
+    arr = batch[name]
+    got = tuple(arr.shape)
+    if got[-len(shape):] != shape or len(got) not in (len(shape), len(shape) + 1):
+      raise ValueError(f"packed batch field {name!r} has shape {got}, expected [B, *{shape}]")
+    if np.dtype(arr.dtype) != dtype:
+      raise ValueError(f"packed batch field {name!r} has dtype {arr.dtype}, expected {dtype}")
+
+
+def model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The fields the model reads (targets and loss weights stay with the train step)."""
+  return {k: v for k, v in batch.items() if k not in ("txt_target", "txt_loss_w", "vis_loss_w")}

@@ -1,0 +1,72 @@
+"""The model's static configuration, validated once from the `model` section of the config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+from mogao_jax.model import masks
+
+_REMAT = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  width: int
+  depth: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  qkv_bias: bool
+  qk_norm: bool
+  rope_theta: float
+  tie_embeddings: bool
+  norm_eps: float
+  latent_dim: int
+  patch_dim: int
+  vit_width: int
+  vit_depth: int
+  vit_heads: int
+  vit_grid: int
+  mask_other: str
+  mask_same: str
+  scan_layers: bool
+  remat: str
+  dtype: str
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict) -> "ModelConfig":
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in c]
+    if missing:
+      raise ValueError(f"config is missing keys {['model.' + n for n in missing]}")
+    cfg = cls(**{n: c[n] for n in names})
+    cfg.validate()
+    return cfg
+
+  def validate(self) -> None:
+    def need(ok, key, why):
+      if not ok:
+        raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
+    for key in ("vocab_size", "width", "depth", "num_heads", "num_kv_heads", "head_dim",
+                "mlp_dim", "latent_dim", "patch_dim", "vit_width", "vit_depth", "vit_heads",
+                "vit_grid"):
+      need(getattr(self, key) > 0, key, "must be positive")
+    need(self.num_heads % self.num_kv_heads == 0, "num_heads",
+         f"must be a multiple of model.num_kv_heads={self.num_kv_heads}")
+    need(self.head_dim % 2 == 0, "head_dim", "must be even for RoPE")
+    need(self.vit_width % self.vit_heads == 0, "vit_width",
+         f"must be a multiple of model.vit_heads={self.vit_heads}")
+    need(self.remat in _REMAT, "remat", f"must be one of {_REMAT}")
+    need(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
+         "must be float32, bfloat16 or float16")
+    masks.parse_table(self.mask_other, "model.mask_other")
+    masks.parse_table(self.mask_same, "model.mask_same")

@@ -1,0 +1,92 @@
+"""The Mogao model: packed batch in, text logits and flow velocities out.
+
+    logits_BTV, velocity_BVC = Mogao(cfg).apply({"params": p}, inputs, vis_t_BV)
+
+`inputs` holds the fields of mogao_jax.data.batch (vis_latent already noised on NVAE slots by
+the train step or the sampler); vis_t_BV is each vision slot's diffusion time (1 on CVAE slots).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mogao_jax.data.batch import Kind
+from mogao_jax.model import layers, masks, rope, transformer, vit
+from mogao_jax.model.config import ModelConfig
+
+T_EMBED_DIM = 256
+
+
+class Mogao(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    c = self.cfg
+    self.embed_tokens = nn.Embed(
+        c.vocab_size, c.width, dtype=c.compute_dtype, name="embed_tokens",
+        embedding_init=nn.with_logical_partitioning(layers.DEFAULT_INIT, ("vocab", "embed")))
+    self.vit = vit.TinyViT(c)
+    self.connector = vit.Connector(c)
+    self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
+    self.t_fc1 = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
+    self.t_fc2 = layers.dense(c.width, ("embed", "embed_out"), c, bias=True,
+                              bias_axes=("embed_out",))
+    # adaLN-single's shared projection; zero-init so training starts unmodulated.
+    self.t_mod = layers.dense((transformer.N_MOD, c.width), ("embed", None, "embed_out"), c,
+                              bias=True, bias_axes=(None, "embed_out"), zero=True)
+    self.t_final = layers.dense((2, c.width), ("embed", None, "embed_out"), c, bias=True,
+                                bias_axes=(None, "embed_out"), zero=True)
+    self.stack = transformer.Stack(c)
+    self.txt_norm = layers.rms_norm(c)
+    self.vis_norm = layers.rms_norm(c)
+    if not c.tie_embeddings:
+      self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), c)
+    self.vis_head = layers.dense(c.latent_dim, ("embed", None), c, bias=True, zero=True)
+    self._other = masks.parse_table(c.mask_other, "model.mask_other")
+    self._same = masks.parse_table(c.mask_same, "model.mask_same")
+
+  def embed_text_stream(self, b):
+    tok = self.embed_tokens(b["txt_token"])
+    feat = self.connector(self.vit(b["txt_patch"], b["txt_kind"], b["txt_segment"],
+                                   b["txt_image"], b["txt_pos"]))
+    is_vit = (b["txt_kind"] == Kind.VIT)[..., None]
+    return jnp.where(is_vit, feat.astype(tok.dtype), tok)
+
+  def time_condition(self, vis_t_BV):
+    emb = layers.timestep_embedding(vis_t_BV, T_EMBED_DIM)
+    return self.t_fc2(nn.silu(self.t_fc1(emb.astype(self.cfg.compute_dtype))))
+
+  def __call__(self, b, vis_t_BV):
+    c = self.cfg
+    x_txt = nn.with_logical_constraint(self.embed_text_stream(b), ("batch", "length", "embed"))
+    x_vis = self.vis_in(b["vis_latent"].astype(c.compute_dtype))
+    x_vis = nn.with_logical_constraint(x_vis, ("batch", "length", "embed"))
+    cond_BVD = nn.silu(self.time_condition(vis_t_BV))
+    meta = masks.joint_metadata(b)
+    mask_BLL = masks.visibility(meta, meta, self._other, self._same)
+    angles_BLP = rope.rope_angles(meta["pos"], c.head_dim, c.rope_theta)
+    x_txt, x_vis = self.stack(x_txt, x_vis, mask_BLL, angles_BLP, self.t_mod(cond_BVD))
+    h_txt = self.txt_norm(x_txt)
+    logits_BTV = (self.embed_tokens.attend(h_txt) if c.tie_embeddings else self.lm_head(h_txt))
+    fin = self.t_final(cond_BVD)
+    h_vis = layers.modulate(self.vis_norm(x_vis), fin[:, :, 0], fin[:, :, 1])
+    velocity_BVC = self.vis_head(h_vis)
+    return logits_BTV.astype(jnp.float32), velocity_BVC.astype(jnp.float32)
+
+
+def _copy_dicts(tree):
+  return {k: _copy_dicts(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
+def copy_text_to_vision(params: dict) -> dict:
+  """Initialises the vision pathway as a copy of the text pathway (BAGEL's choice).
+
+  Works on boxed (nn.Partitioned) or plain trees: both pathways have identical structure.
+  """
+  params = _copy_dicts(params)
+  for blk in params["stack"].values():
+    blk["vis"] = _copy_dicts(blk["txt"])
+  params["vis_norm"] = _copy_dicts(params["txt_norm"])
+  return params
