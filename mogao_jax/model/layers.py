@@ -20,14 +20,43 @@ def rms_norm(cfg, axes: tuple[str, ...] = ("embed",), name: str | None = None) -
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, axes))
 
 
-def dense(features, axes: Sequence[str], cfg, *, in_axes: int | tuple = -1, bias: bool = False,
-          bias_axes: Sequence[str] = (), zero: bool = False, name: str | None = None):
-  """nn.DenseGeneral whose kernel (and bias) carry logical axis names for sharding rules."""
-  init = nn.initializers.zeros_init() if zero else DEFAULT_INIT
-  return nn.DenseGeneral(
-      features=features, axis=in_axes, use_bias=bias, dtype=cfg.compute_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(init, tuple(axes)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(bias_axes)))
+class Dense(nn.Module):
+  """A projection contracting the last `n_in` input dims into `features` (an int or a tuple).
+
+  Why not nn.DenseGeneral: it creates its kernel flat (2-D) and reshapes afterwards, so a
+  logical-partitioning box with one name per real dimension is applied to the wrong rank
+  once sharding rules are active. Here the kernel is created at its full shape.
+  """
+  features: int | tuple[int, ...]
+  axes: tuple  # logical names of the kernel's dims (inputs, then features)
+  dtype: object = jnp.float32
+  n_in: int = 1
+  use_bias: bool = False
+  bias_axes: tuple = ()
+  zero: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    in_shape = x.shape[x.ndim - self.n_in:]
+    init = nn.initializers.zeros_init() if self.zero else DEFAULT_INIT
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)),
+                        in_shape + feats, jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), tuple(self.bias_axes)), feats, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def dense(features, axes: Sequence[str], cfg, *, n_in: int = 1, bias: bool = False,
+          bias_axes: Sequence[str] = (), zero: bool = False, name: str | None = None) -> Dense:
+  """A Dense whose kernel (and bias) carry logical axis names for the sharding rules."""
+  return Dense(features=features, axes=tuple(axes), dtype=cfg.compute_dtype, n_in=n_in,
+               use_bias=bias, bias_axes=tuple(bias_axes), zero=zero, name=name)
 
 
 class SwiGLU(nn.Module):

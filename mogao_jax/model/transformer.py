@@ -33,7 +33,7 @@ class PathwayLayer(nn.Module):
                                bias_axes=("kv_heads", "kv"), **qkv)
     self.v_proj = layers.dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "kv"), c,
                                bias_axes=("kv_heads", "kv"), **qkv)
-    self.o_proj = layers.dense(c.width, ("heads", "kv", "embed"), c, in_axes=(-2, -1))
+    self.o_proj = layers.dense(c.width, ("heads", "kv", "embed"), c, n_in=2)
     if c.qk_norm:
       self.q_norm = layers.rms_norm(c, ("kv",))
       self.k_norm = layers.rms_norm(c, ("kv",))
