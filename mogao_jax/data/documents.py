@@ -1,0 +1,59 @@
+"""The interleaved document schema: an ordered list of text and image parts.
+
+Every source (the built-in world, JSONL + image files, TFDS) produces `Document`s; the packer
+(`packing.py`) is the only consumer, so a new source only has to emit this schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  """A span of text; tokenised as one run of TXT tokens."""
+
+  text: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Image:
+  """An RGB image. `generate`: the image is a flow-matching target (it gets NVAE tokens)."""
+
+  pixels: np.ndarray  # uint8 [H, W, 3]
+  generate: bool = False
+
+  def __post_init__(self):
+    px = self.pixels
+    if not isinstance(px, np.ndarray) or px.dtype != np.uint8 or px.ndim != 3 or px.shape[-1] != 3:
+      got = (getattr(px, "dtype", type(px)), getattr(px, "shape", None))
+      raise ValueError(f"Image.pixels must be a uint8 [H, W, 3] array, got {got}")
+
+  def __repr__(self):
+    return f"Image(pixels=<uint8 {list(self.pixels.shape)}>, generate={self.generate})"
+
+
+Part = Union[Text, Image]
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  """An interleaved document. `kind` and `meta` are metadata only (e.g. kind "t2i", "caption",
+  "vqa"; meta: a JSON-able dict such as the world's scene and prompt category, for scoring)."""
+
+  parts: tuple[Part, ...]
+  kind: str = ""
+  meta: dict = dataclasses.field(default_factory=dict, compare=False)
+
+  def __post_init__(self):
+    object.__setattr__(self, "parts", tuple(self.parts))
+    for p in self.parts:
+      if not isinstance(p, (Text, Image)):
+        raise ValueError(f"Document parts must be Text or Image, got {type(p).__name__}")
+
+  @property
+  def images(self) -> tuple[Image, ...]:
+    return tuple(p for p in self.parts if isinstance(p, Image))

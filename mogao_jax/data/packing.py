@@ -1,0 +1,298 @@
+"""Documents -> ECTF token streams -> fixed-capacity two-stream rows (see batch.py, MOGAO.md 5).
+
+`encode_document` turns one Document into per-stream arrays (the batch.py fields, without the
+row-level segment and with image ids local to the document). `TwoStreamPacker` is a greedy 2-D
+first-fit over a few open rows; `PackIterDataset` wraps it as a checkpointable Grain transform.
+
+Why not Grain's First/BestFitPackIterDataset: they are single-stream packers (one sequence per
+feature), so they cannot keep a document's two streams together under one 2-D fit, and they were
+measured ~50x slower than this numpy packer here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+from mogao_jax.data import batch as batch_lib
+from mogao_jax.data import documents
+from mogao_jax.data import images
+from mogao_jax.data.batch import Kind
+
+_TXT_FIELDS = ("kind", "image", "pos", "token", "target", "loss_w", "patch")
+_VIS_FIELDS = ("kind", "image", "pos", "latent", "loss_w")
+
+
+def _copies(parts) -> list[tuple[bool, bool, bool]]:
+  """(vit, cvae, nvae) per image: emit only the copies something reads (MOGAO.md 5)."""
+  flags, later_gen = [], False
+  for j in range(len(parts) - 1, -1, -1):  # walk backwards to know what comes later
+    p = parts[j]
+    if isinstance(p, documents.Image):
+      flags.append((j < len(parts) - 1, later_gen, p.generate))
+      later_gen = later_gen or p.generate
+  return flags[::-1]
+
+
+def _chunk(n, kind, image, t, h=0, w=0, token=0, data=None, loss_w=0.0):
+  """n slots of one kind; t/h/w/token broadcast (scalars or [n] arrays)."""
+  pos = np.zeros((n, 3), np.int32)
+  pos[:, 0], pos[:, 1], pos[:, 2] = t, h, w
+  return dict(kind=np.full(n, kind, np.int32), image=np.full(n, image, np.int32), pos=pos,
+              token=np.broadcast_to(np.asarray(token, np.int32), (n,)), data=data,
+              loss_w=np.full(n, loss_w, np.float32))
+
+
+def _concat(chunks, dim, prefix) -> dict[str, np.ndarray]:
+  """Concatenates chunks into the batch.py fields of one stream (no segment)."""
+  def cat(name, dtype, shape=()):
+    parts = [c[name] for c in chunks]
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *shape), dtype)
+  data = [c["data"] if c["data"] is not None else np.zeros((len(c["kind"]), dim), np.float32)
+          for c in chunks]
+  out = {"kind": cat("kind", np.int32), "image": cat("image", np.int32),
+         "pos": cat("pos", np.int32, (3,)), "loss_w": cat("loss_w", np.float32),
+         "patch" if prefix == "txt" else "latent":
+             np.concatenate(data).astype(np.float32) if data else np.zeros((0, dim), np.float32)}
+  if prefix == "txt":
+    out["token"] = cat("token", np.int32)
+    out["target"] = np.zeros_like(out["token"])
+  return {f"{prefix}_{k}": v for k, v in out.items()}
+
+
+def encode_document(doc: documents.Document, tokenizer, patch_size: int) -> dict[str, np.ndarray]:
+  """One document as ECTF stream arrays; T restarts at 0, image ids count 1, 2, ... .
+
+  Returns the batch.py txt_*/vis_* fields except txt_segment/vis_segment, each with its own
+  length (n_txt, n_vis). A document without any text token or image comes back with both
+  lengths 0 (the packer drops and counts it).
+  """
+  pdim = patch_size * patch_size * 3
+  copies = iter(_copies(doc.parts))
+  txt, vis, t, img_id = [], [], 0, 0
+
+  def tokens(ids):
+    nonlocal t
+    n = len(ids)
+    txt.append(_chunk(n, Kind.TXT, 0, np.arange(t, t + n), token=np.asarray(ids, np.int32)))
+    t += n
+
+  tokens([tokenizer.bos_id])
+  for part in doc.parts:
+    if isinstance(part, documents.Text):
+      tokens(tokenizer.encode(part.text))
+      continue
+    vit, cvae, nvae = next(copies)
+    img_id += 1
+    patches = images.patchify(part.pixels, patch_size)
+    h, w = images.patch_rows_cols(images.validate(part.pixels, patch_size))
+    n = len(patches)
+    tokens([tokenizer.img_open_id])
+    if vit:
+      txt.append(_chunk(n, Kind.VIT, img_id, t, h, w, data=patches))
+    if cvae:
+      vis.append(_chunk(n, Kind.CVAE, img_id, t, h, w, data=patches))
+    if nvae:
+      vis.append(_chunk(n, Kind.NVAE, img_id, t, h, w, data=patches, loss_w=1.0))
+    t += 1  # the whole image is one T step
+    tokens([tokenizer.img_close_id])
+  tokens([tokenizer.eos_id])
+  if t == 2:  # BOS and EOS only: nothing to learn
+    txt = []
+  out = _concat(txt, pdim, "txt") | _concat(vis, pdim, "vis")
+  _set_targets(out, tokenizer.img_close_id)
+  return out
+
+
+def _set_targets(out, img_close_id):
+  """Target = next TXT token of the document; no loss on the last one or on a `</img>` target."""
+  (idx,) = np.nonzero(out["txt_kind"] == Kind.TXT)
+  target = np.zeros_like(out["txt_token"])
+  target[idx[:-1]] = out["txt_token"][idx[1:]]
+  loss_w = np.zeros(len(target), np.float32)
+  loss_w[idx[:-1]] = (target[idx[:-1]] != img_close_id).astype(np.float32)
+  out["txt_target"], out["txt_loss_w"] = target, loss_w
+
+
+def doc_lengths(enc: dict[str, np.ndarray]) -> tuple[int, int]:
+  return len(enc["txt_kind"]), len(enc["vis_kind"])
+
+
+@dataclasses.dataclass
+class _OpenRow:
+  docs: list = dataclasses.field(default_factory=list)
+  seqs: list = dataclasses.field(default_factory=list)
+  n_txt: int = 0
+  n_vis: int = 0
+
+
+class TwoStreamPacker:
+  """Greedy 2-D first-fit over at most `open_rows` rows; emits the oldest row when none fits.
+
+  Emitting the oldest (not the fullest) bounds how long a document can stay open, which bounds
+  the replay a checkpoint restore needs (see PackDatasetIterator).
+  """
+
+  STAT_KEYS = ("docs_packed", "dropped_oversize", "dropped_empty", "rows", "txt_real", "vis_real")
+
+  def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4):
+    if open_rows < 1:
+      raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
+    self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
+    self.patch_dim, self.latent_dim = patch_dim, latent_dim
+    self.rows: list[_OpenRow] = []
+    self.stats = {k: 0 for k in self.STAT_KEYS}
+
+  def add(self, doc: dict[str, np.ndarray], seq: int = 0) -> dict[str, np.ndarray] | None:
+    """Places one encoded document; returns the row this evicted, if any."""
+    nt, nv = doc_lengths(doc)
+    if nt == 0 and nv == 0:
+      self.stats["dropped_empty"] += 1
+      return None
+    if nt > self.l_txt or nv > self.l_vis:  # never cut through an image: drop the whole doc
+      self.stats["dropped_oversize"] += 1
+      return None
+    self.stats["docs_packed"] += 1
+    for r, row in enumerate(self.rows):
+      if row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis:
+        self.place(doc, seq, r)
+        return None
+    out = self.pop_oldest() if len(self.rows) >= self.open_rows else None
+    self.place(doc, seq, len(self.rows))
+    return out
+
+  def place(self, doc, seq: int, r: int) -> None:
+    """Puts `doc` into open row r (r == len(rows) opens a new one); no fit checks."""
+    if r == len(self.rows):
+      self.rows.append(_OpenRow())
+    row = self.rows[r]
+    nt, nv = doc_lengths(doc)
+    row.docs.append(doc)
+    row.seqs.append(seq)
+    row.n_txt, row.n_vis = row.n_txt + nt, row.n_vis + nv
+
+  def pop_oldest(self) -> dict[str, np.ndarray] | None:
+    if not self.rows:
+      return None
+    row = self.rows.pop(0)
+    self.stats["rows"] += 1
+    self.stats["txt_real"] += row.n_txt
+    self.stats["vis_real"] += row.n_vis
+    return self._assemble(row.docs)
+
+  def _assemble(self, docs) -> dict[str, np.ndarray]:
+    """Copies the documents into one padded row: segments 1, 2, ..; image ids row-unique."""
+    out = batch_lib.empty_row(self.l_txt, self.l_vis, self.patch_dim, self.latent_dim)
+    offsets, img_base = {"txt": 0, "vis": 0}, 0
+    for seg, doc in enumerate(docs, start=1):
+      for prefix, fields in (("txt", _TXT_FIELDS), ("vis", _VIS_FIELDS)):
+        n = len(doc[f"{prefix}_kind"])
+        sl = slice(offsets[prefix], offsets[prefix] + n)
+        for f in fields:
+          out[f"{prefix}_{f}"][sl] = doc[f"{prefix}_{f}"]
+        img = doc[f"{prefix}_image"]
+        out[f"{prefix}_image"][sl] = np.where(img > 0, img + img_base, 0)
+        out[f"{prefix}_segment"][sl] = seg
+        offsets[prefix] += n
+      img_base += max(int(doc["txt_image"].max(initial=0)), int(doc["vis_image"].max(initial=0)))
+    return out
+
+  def efficiency(self) -> dict[str, float]:
+    rows = max(self.stats["rows"], 1)
+    return {"txt": self.stats["txt_real"] / (rows * self.l_txt),
+            "vis": self.stats["vis_real"] / (rows * self.l_vis)}
+
+
+class PackDatasetIterator(grain.DatasetIterator):
+  """Checkpointable iterator of packed rows over an iterator of encoded documents.
+
+  State = the parent's state just before the oldest document still in an open row, plus, for
+  each open row, the positions (in read order from there) of its documents and how many
+  documents were read in all. Restoring rewinds the parent and replays that short window,
+  re-placing each document in its row (documents already emitted are skipped), so the open
+  rows, and hence every following row, come out exactly as before. The state is plain JSON.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, packer_kwargs: dict[str, Any]):
+    super().__init__(parent)
+    self._packer_kwargs = packer_kwargs
+    self._packer = TwoStreamPacker(**packer_kwargs)
+    self._seq = 0  # documents read from the parent so far
+    self._state_before: dict[int, Any] = {}  # seq -> parent state before it, for open docs
+    self._exhausted = False
+
+  @property
+  def packer(self) -> TwoStreamPacker:
+    return self._packer
+
+  def _read(self):
+    before = copy.deepcopy(self._parent.get_state())
+    doc = next(self._parent)
+    self._seq += 1
+    return doc, self._seq - 1, before
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    while not self._exhausted:
+      try:
+        doc, seq, before = self._read()
+      except StopIteration:
+        self._exhausted = True
+        break
+      row = self._packer.add(doc, seq)
+      if any(seq in r.seqs for r in self._packer.rows):
+        self._state_before[seq] = before
+      if row is not None:
+        self._forget_emitted()
+        return row
+    row = self._packer.pop_oldest()  # parent exhausted: flush the open rows, oldest first
+    if row is None:
+      raise StopIteration
+    self._forget_emitted()
+    return row
+
+  def _forget_emitted(self):
+    live = {s for r in self._packer.rows for s in r.seqs}
+    self._state_before = {s: v for s, v in self._state_before.items() if s in live}
+
+  def get_state(self) -> dict[str, Any]:
+    if self._state_before:
+      s0 = min(self._state_before)
+      parent = self._state_before[s0]
+      rows = [[s - s0 for s in r.seqs] for r in self._packer.rows]
+    else:
+      s0, parent, rows = self._seq, copy.deepcopy(self._parent.get_state()), []
+    return {"parent": parent, "rows": rows, "n_read": self._seq - s0,
+            "stats": dict(self._packer.stats)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._packer = TwoStreamPacker(**self._packer_kwargs)
+    self._seq, self._state_before, self._exhausted = 0, {}, False
+    where = {s: r for r, seqs in enumerate(state["rows"]) for s in seqs}
+    for _ in range(int(state["n_read"])):
+      doc, seq, before = self._read()
+      if seq in where:
+        self._packer.place(doc, seq, where[seq])
+        self._state_before[seq] = before
+    self._packer.stats = {k: int(state["stats"][k]) for k in TwoStreamPacker.STAT_KEYS}
+
+
+class PackIterDataset(grain.IterDataset):
+  """Grain transform: encoded documents (`encode_document`) -> rows per batch.row_spec."""
+
+  def __init__(self, parent: grain.IterDataset, *, l_txt: int, l_vis: int, patch_dim: int,
+               latent_dim: int, open_rows: int = 4):
+    super().__init__(parent)
+    self._packer_kwargs = dict(l_txt=l_txt, l_vis=l_vis, patch_dim=patch_dim,
+                               latent_dim=latent_dim, open_rows=open_rows)
+    TwoStreamPacker(**self._packer_kwargs)  # validate early
+
+  def __iter__(self) -> PackDatasetIterator:
+    return PackDatasetIterator(self._parent.__iter__(), self._packer_kwargs)
+
+  def __str__(self) -> str:
+    return f"PackIterDataset({self._packer_kwargs})"
