@@ -15,13 +15,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = "world"
   c.data.image_size = 32  # pixels, square
   c.data.patch_size = 4  # pixels per patch side, for the VIT and the pixel "latent" alike
-  c.data.doc_weights = ml_collections.ConfigDict({"t2i": 0.5, "caption": 0.3, "vqa": 0.2})
+  # Document kinds of the world (mogao_jax/data/sources/world/kinds.py). Understanding kinds
+  # (caption, vqa) teach every attribute as words; t2i, edit and story train generation.
+  c.data.doc_weights = ml_collections.ConfigDict(
+      {"t2i": 0.4, "caption": 0.15, "vqa": 0.2, "edit": 0.15, "story": 0.1})
+  # t2i prompt categories: GenEval's six, plus "full" (every attribute stated, so generation
+  # also learns sizes and absolute positions).
+  c.data.t2i_weights = ml_collections.ConfigDict(
+      {"single_object": 1.0, "two_object": 1.0, "counting": 1.0, "colors": 1.0,
+       "position": 1.0, "color_attr": 1.0, "full": 2.0})
+  # (min, max) steps of a story. A story of n images needs 2n - 1 vision slots of 64 at 32 px
+  # (n NVAE + n - 1 CVAE copies), so 2 steps is the most that fits l_vis = 256.
+  c.data.story_steps = (2, 2)
+  c.data.eval_seed = 0  # the held-out eval set (mogao_jax.eval.eval_prompts) depends only on it
   c.data.vocab_size = 256  # sentencepiece, trained from the world's text on first use
   c.data.l_txt = 256  # text-stream slots per row (TXT + VIT)
   c.data.l_vis = 256  # vision-stream slots per row (CVAE + NVAE)
   c.data.batch_size = 16  # global rows per step
   c.data.shuffle_buffer = 256
   c.data.num_workers = 0  # Grain worker processes; 0 = in the main process
+  c.data.read_threads = 2  # Grain threads making documents (to_iter_dataset ReadOptions)
+  c.data.pack_open_rows = 4  # rows the two-stream first-fit packer keeps open at once
 
   # --- model: sizes of the text pathway; the vision pathway mirrors it.
   c.model = ml_collections.ConfigDict()

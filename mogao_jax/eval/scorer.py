@@ -1,0 +1,116 @@
+"""Exact scores on the built-in world: t2i (GenEval-style), editing, stories, answers.
+
+Every image score parses the image with `parse.parse_image`; an unparseable image (noise, a
+broken generation) satisfies nothing. A record is a dict {"kind", "category", "ok"} where "ok"
+is a bool, or a list of bools for a story (one per step); `summarize` aggregates records.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mogao_jax.data.sources import world
+from mogao_jax.eval import parse
+
+Scene = world.Scene
+
+
+def _has(scene: Scene, shape: str, colour: str | None = None) -> list[world.Object]:
+  return [o for o in scene.objects if o.shape == shape and colour in (None, o.colour)]
+
+
+def _relation_holds(a: world.Object, b: world.Object, relation: str) -> bool:
+  return {"left": a.col < b.col, "right": a.col > b.col, "above": a.row < b.row,
+          "below": a.row > b.row}[relation]
+
+
+def t2i_satisfied(spec: Mapping[str, Any], scene: Scene | None) -> bool:
+  """Whether a parsed scene satisfies a t2i prompt spec (`world.t2i_spec`).
+
+  As GenEval: each stated object must be present (at least once) with its stated colour;
+  counting wants exactly `count` objects of the shape; position wants a pair in the stated
+  relation (grid columns/rows); objects the prompt does not mention are free. "full" (not a
+  GenEval category) wants exactly the described scene."""
+  if scene is None:
+    return False
+  cat, objs = spec["category"], spec.get("objects", ())
+  if cat == "full":
+    return scene == Scene.from_json(spec["scene"])
+  if cat == "counting":
+    return len(_has(scene, objs[0]["shape"])) == spec["count"]
+  found = [_has(scene, o["shape"], o.get("colour")) for o in objs]
+  if not all(found):
+    return False
+  if cat == "position":
+    return any(_relation_holds(a, b, spec["relation"]) for a in found[0] for b in found[1])
+  if cat not in world.T2I_CATEGORIES:
+    raise ValueError(f"unknown t2i category {cat!r}; known: {world.T2I_CATEGORIES}")
+  return True
+
+
+def score_t2i(prompt_meta: Mapping[str, Any], image: np.ndarray) -> bool:
+  """GenEval-style: every stated object, count, colour and relation holds in `image`."""
+  return t2i_satisfied(prompt_meta, parse.parse_image(image))
+
+
+def score_edit(source_scene: Scene | Mapping, instruction_meta: Mapping[str, Any],
+               image: np.ndarray) -> bool:
+  """The instruction applied and everything else unchanged. `instruction_meta`: the scene op
+  (`world.apply_op`) or an edit document's meta (which holds it under "edit")."""
+  op = instruction_meta.get("edit", instruction_meta)
+  return parse.parse_image(image) == world.apply_op(source_scene, op)
+
+
+def score_story(step_metas: Sequence[Mapping[str, Any]],
+                images: Sequence[np.ndarray]) -> list[bool]:
+  """Per step: its image shows exactly the story's scene so far (step meta "scene")."""
+  if len(step_metas) != len(images):
+    raise ValueError(f"story has {len(step_metas)} steps but {len(images)} images")
+  return [parse.parse_image(im) == Scene.from_json(m["scene"])
+          for m, im in zip(step_metas, images)]
+
+
+def normalise_text(text: str) -> str:
+  """Lower case, punctuation dropped, whitespace collapsed."""
+  return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def score_answer(pred_text: str, gold_text: str) -> bool:
+  """Exact match after normalising case, whitespace and punctuation (answers and captions)."""
+  return normalise_text(pred_text) == normalise_text(gold_text)
+
+
+def _mean(xs: Iterable[float]) -> float | None:
+  xs = list(xs)
+  return float(np.mean(xs)) if xs else None
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Per kind: per-category accuracy, counts and an overall number.
+
+  t2i "overall" is GenEval's: the mean of its six category means (those present), so "full"
+  is reported but not averaged in. Stories report per-step accuracy and "overall" = all steps
+  right. Other kinds: "overall" = mean over records."""
+  out: dict[str, Any] = {}
+  by_kind: dict[str, list] = {}
+  for r in records:
+    by_kind.setdefault(r["kind"], []).append(r)
+  for kind, recs in sorted(by_kind.items()):
+    cats: dict[str, list[float]] = {}
+    for r in recs:
+      ok = r["ok"]
+      cats.setdefault(r["category"], []).append(float(all(ok) if isinstance(ok, list) else ok))
+    res = {"n": len(recs), "categories": {c: {"acc": _mean(v), "n": len(v)}
+                                          for c, v in sorted(cats.items())}}
+    if kind == "t2i":
+      geneval = [res["categories"][c]["acc"] for c in world.GENEVAL_CATEGORIES if c in cats]
+      res["overall"] = _mean(geneval)
+    else:
+      res["overall"] = _mean(v for vs in cats.values() for v in vs)
+    if kind == "story":
+      res["step_acc"] = _mean(float(s) for r in recs for s in r["ok"])
+    out[kind] = res
+  return out
