@@ -1,0 +1,18 @@
+# Sourced by the launch scripts: create or reuse .venv in the repo root and install the pinned
+# environment once (a stamp keyed on setup.cfg + pyproject.toml + constraints.txt skips the
+# install on repeat runs). Expects the repo root as the working directory.
+ensure_venv() {
+  local py
+  py="$(command -v python3.11 || command -v python3)"
+  [[ -x .venv/bin/python ]] || "$py" -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  python -c 'import sys; assert sys.version_info >= (3, 10), sys.version' \
+    || { echo "mogao_jax needs Python >= 3.10" >&2; exit 1; }
+  local stamp=.venv/.mogao_jax_install want
+  want="$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    python -m pip install -q -c constraints.txt -e '.[test]'
+    echo "$want" > "$stamp"
+  fi
+}
