@@ -25,12 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
       {"single_object": 1.0, "two_object": 1.0, "counting": 1.0, "colors": 1.0,
        "position": 1.0, "color_attr": 1.0, "full": 2.0})
   # (min, max) steps of a story. A story of n images needs 2n - 1 vision slots of 64 at 32 px
-  # (n NVAE + n - 1 CVAE copies), so 2 steps is the most that fits l_vis = 256.
+  # (n NVAE + n - 1 CVAE copies), so 2 steps is the most that fits l_vis = 192.
   c.data.story_steps = (2, 2)
   c.data.eval_seed = 0  # the held-out eval set (mogao_jax.eval.eval_prompts) depends only on it
   c.data.vocab_size = 256  # sentencepiece, trained from the world's text on first use
-  c.data.l_txt = 256  # text-stream slots per row (TXT + VIT)
-  c.data.l_vis = 256  # vision-stream slots per row (CVAE + NVAE)
+  c.data.l_txt = 192  # text-stream slots per row (TXT + VIT)
+  c.data.l_vis = 192  # vision-stream slots per row (CVAE + NVAE)
   c.data.batch_size = 16  # global rows per step
   c.data.shuffle_buffer = 256
   c.data.num_workers = 0  # Grain worker processes; 0 = in the main process
@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.vit_depth = 2
   c.model.vit_heads = 2
   c.model.vit_grid = 8  # max patches per image side, for the ViT's learned position table
+  c.model.vit = "tiny"  # tiny (from scratch) | siglip (model/siglip.py; weights via init.vit)
+  c.model.vit_mlp_dim = 0  # siglip only: MLP width
+  c.model.vit_pos_grid = 0  # siglip only: side of the pretrained position table (0 = vit_grid)
+  c.model.vit_norm_eps = 1e-6  # siglip only
   # Visibility rule table (MOGAO.md section 4); rows are query kinds TXT,VIT,CVAE,NVAE and
   # columns key kinds in the same order. "other": key in an earlier entity of the document
   # (earlier or equal T); "same": key in the same image. BAGEL's variant sets other TXT->CVAE.
@@ -66,6 +70,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # none | full | dots
   c.model.dtype = "float32"  # compute dtype; params stay float32
   c.model.vision_init = "copy_text"  # copy_text | scratch
+
+  # --- pretrained parts (mogao_jax/convert/init.py): local HF directories; "" = random init.
+  c.init = ml_collections.ConfigDict()
+  c.init.text = ""  # Qwen2 dir -> text pathway (+ vision pathway when vision_init=copy_text)
+  c.init.vit = ""  # SigLIP dir -> the understanding ViT (needs model.vit = "siglip")
+  # Another run's workdir: its params (or EMA, params_key="ema") where name and shape match,
+  # for fine-tuning from another config; a report lists the missing / unexpected / mis-shaped.
+  c.init.params_from = ""
+  c.init.params_key = "params"
 
   # --- flow matching (MOGAO.md section 6)
   c.flow = ml_collections.ConfigDict()
@@ -79,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-3
-  c.optim.warmup_steps = 50
+  c.optim.warmup_steps = 30
   c.optim.min_lr_ratio = 0.1
   c.optim.weight_decay = 0.01
   c.optim.b1 = 0.9
@@ -87,10 +100,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 600
-  c.train.log_every = 20
-  c.train.ckpt_every = 200
-  c.train.keep_checkpoints = 2
+  c.train.steps = 300
+  c.train.log_every = 10
+  c.train.ckpt_every = 100
+  c.train.keep_checkpoints = 2  # the last N checkpoints (0 = all) ...
+  c.train.keep_every = 0  # ... plus every K-th step for good (0 = none)
+  c.train.async_checkpointing = True
+  c.train.ema_decay = 0.0  # EMA of the weights, saved beside them (0 = off)
+  c.train.sample_every = 0  # t2i sample grids to TensorBoard every N steps (0 = off)
+  c.train.max_nan_skips = 5  # consecutive non-finite steps (each skipped) that stop the run
+  c.train.debug_nan_steps = ()  # test hook: steps whose batch is poisoned with NaN
 
   # --- parallelism: mesh axis sizes (-1 = the rest of the devices) and logical->mesh rules,
   # first match wins.
@@ -100,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
       ("batch", ("data", "fsdp")),
       ("embed", "fsdp"),
       ("heads", "tensor"),
-      ("kv", "tensor"),
+      ("kv_heads", "tensor"),
       ("mlp", "tensor"),
       ("vocab", "tensor"),
   )

@@ -4,6 +4,7 @@ Any config value can be overridden, e.g. ``--config.train.steps=200``; an unknow
 of the wrong type fails at flag parsing, naming the key, before JAX does any work.
 """
 
+import logging as std_logging
 import os
 import pathlib
 
@@ -30,7 +31,16 @@ def _workdir() -> str:
   return os.path.join("runs", pathlib.Path(path.split(":")[0]).stem)
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of orbax / grain (dozens of lines per checkpoint); keeps warnings."""
+
+  def filter(self, record):
+    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
   # Imported here so flag errors (bad config keys) fail fast, before JAX loads.
