@@ -1,5 +1,7 @@
 """Checkpoint round trip (state + data iterator state) and the config guard."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -75,3 +77,85 @@ def test_other_model_config_is_refused(config, tmp_path):
     with pytest.raises(ValueError, match=r"model\.width: 32 -> 64") as e:
       ckpt.restore(1, ckpt_lib.abstract_with_shardings(state, shardings), other)
   assert "train.steps" not in str(e.value)
+
+
+def test_keep_last_n_plus_every_k(config, tmp_path):
+  config.train.keep_checkpoints, config.train.keep_every = 2, 4
+  state, _ = _small_state(config, mesh_lib.make_mesh(config))
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    for step in range(1, 10):
+      ckpt.save(step, state, {}, config)
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [4, 8, 9]
+
+
+def _two_steps(config, tmp_path):
+  state, shardings = _small_state(config, mesh_lib.make_mesh(config))
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    ckpt.save(1, state, {"at": 1}, config, tokenizer_proto=b"tok1")
+    ckpt.save(2, state.replace(step=jnp.int32(8)), {"at": 2}, config, tokenizer_proto=b"tok2")
+  return ckpt_lib.abstract_with_shardings(state, shardings)
+
+
+def test_unfinished_save_is_never_picked(config, tmp_path):
+  abstract = _two_steps(config, tmp_path)
+  root = tmp_path / "checkpoints"
+  # What a save killed half-way leaves: orbax's temporary dir, not yet renamed to "2".
+  (root / "2").rename(root / "2.orbax-checkpoint-tmp-1234")
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    assert ckpt.all_steps() == [1]
+    step, state, data = ckpt.restore_latest(abstract, config)
+  assert (step, int(state.step), data) == (1, 7, {"at": 1})
+  assert not (root / "2.orbax-checkpoint-tmp-1234").exists()  # cleaned up at start
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_damaged_checkpoint_falls_back(config, tmp_path, damage):
+  abstract = _two_steps(config, tmp_path)
+  root = tmp_path / "checkpoints"
+  if damage == "truncated":  # the step dir is listed, but its array data is gone
+    for f in (root / "2" / "state").rglob("*"):
+      if f.is_file() and f.parent.name == "d":
+        f.unlink()
+  else:
+    shutil.rmtree(root / "2")
+  tok = tmp_path / "tokenizer.model"
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    ckpt.sync_tokenizer(str(tok))
+    step, state, data = ckpt.restore_latest(abstract, config)
+    assert ckpt.all_steps() == [1]
+  assert (step, int(state.step), data) == (1, 7, {"at": 1})
+  if damage == "truncated":
+    assert [p.name.startswith("unreadable-2-") for p in root.iterdir()].count(True) == 1
+    assert tok.read_bytes() in (b"tok1", b"tok2")  # step 2's tokenizer item is intact
+  else:
+    assert tok.read_bytes() == b"tok1"
+
+
+def test_no_readable_checkpoint_is_a_clear_error(config, tmp_path):
+  abstract = _two_steps(config, tmp_path)
+  for d in (tmp_path / "checkpoints").iterdir():
+    shutil.rmtree(d / "config")
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    with pytest.raises(RuntimeError, match="no readable checkpoint in .*checkpoints.*step 2"):
+      ckpt.restore_latest(abstract, config)
+
+
+def test_tokenizer_mismatch_is_refused(config, tmp_path):
+  _two_steps(config, tmp_path)
+  (tmp_path / "tokenizer.model").write_bytes(b"other")
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    with pytest.raises(ValueError, match="differs from the tokenizer saved in checkpoint step 2"):
+      ckpt.sync_tokenizer(str(tmp_path / "tokenizer.model"))
+
+
+def test_other_state_structure_is_refused(config, tmp_path):
+  abstract = _two_steps(config, tmp_path)
+  other = config.copy_and_resolve_references()
+  other.train.ema_decay = 0.99
+  with_ema = abstract.replace(ema=abstract.params)
+  with ckpt_lib.Checkpointer(str(tmp_path), other) as ckpt:
+    with pytest.raises(ValueError, match=r"ema\.kernel: not in the checkpoint.*"
+                                         r"train\.ema_decay: '<absent>' -> 0\.99|"
+                                         r"ema\.kernel: not in the checkpoint.*ema_decay"):
+      ckpt.restore_latest(with_ema, other)

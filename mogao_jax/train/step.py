@@ -46,8 +46,17 @@ def _init_boxed(config, model, tx, rng, batch) -> TrainState:
   elif config.model.vision_init != "scratch":
     raise ValueError(f"model.vision_init must be 'copy_text' or 'scratch', "
                      f"got {config.model.vision_init!r}")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=s_rng)
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=s_rng,
+                    ema=params if ema_decay(config) else None, nan_run=zero, nan_total=zero)
+
+
+def ema_decay(config) -> float:
+  """``train.ema_decay`` (0 = no EMA), validated."""
+  d = config.train.get("ema_decay", 0.0) or 0.0
+  if not 0.0 <= d < 1.0:
+    raise ValueError(f"train.ema_decay = {d!r}: must be in [0, 1) (0 = no EMA)")
+  return float(d)
 
 
 def state_logical_specs(config, model, tx, batch) -> TrainState:
@@ -110,9 +119,30 @@ def loss_fn(params, model, batch, t_BN, noise_BVC, loss_cfg):
   return loss, metrics
 
 
+def _guarded_update(state: TrainState, ok, params, opt_state, decay: float) -> TrainState:
+  """The NaN guard: where ``ok`` is False keep the old params / optimizer state / EMA.
+
+  A select, not a cond: both branches are cheap and a select keeps the step one straight-line
+  program whose buffers can be donated.
+  """
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+  ema = state.ema
+  if ema is not None:
+    ema = keep(jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params), ema)
+  skipped = jnp.logical_not(ok).astype(jnp.int32)
+  return state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state), ema=ema,
+      nan_run=jnp.where(ok, 0, state.nan_run + 1), nan_total=state.nan_total + skipped)
+
+
 def make_train_step(config, model, tx):
-  """train_step(state, batch) -> (state, metrics); jit it with shardings in the loop."""
-  flow_cfg, loss_cfg = config.flow, config.loss
+  """train_step(state, batch) -> (state, metrics); jit it with shardings in the loop.
+
+  A non-finite loss or gradient norm skips the update (step still advances: the batch was
+  consumed); metrics ``skipped`` (0/1) and ``nan_run`` (consecutive skips) report it.
+  """
+  flow_cfg, loss_cfg, decay = config.flow, config.loss, ema_decay(config)
 
   def train_step(state: TrainState, batch: dict):
     # fold_in keeps the noise of step k a pure function of (seed, k): exact resume for free.
@@ -121,7 +151,10 @@ def make_train_step(config, model, tx):
     (_, metrics), grads = grad_fn(state.params, model, batch, t_BN, noise_BVC, loss_cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    state = _guarded_update(state, ok, params, opt_state, decay)
+    metrics.update(skipped=jnp.logical_not(ok).astype(jnp.float32), nan_run=state.nan_run)
+    return state, metrics
 
   return train_step

@@ -1,0 +1,90 @@
+"""Step metrics: window means -> absl log line, ``metrics.jsonl`` and TensorBoard; progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+import tensorboardX  # pure-python writer: flax.metrics.tensorboard / clu need TensorFlow
+
+
+class MetricsLog:
+  """Window means of the step metrics -> absl log line, metrics.jsonl and TensorBoard."""
+
+  def __init__(self, config, workdir: str, schedule):
+    self.schedule = schedule
+    self.slots = config.data.batch_size * (config.data.l_txt + config.data.l_vis)
+    self.primary = jax.process_index() == 0
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb")) if self.primary else None
+    self.pending: list[dict[str, jax.Array]] = []  # device metrics of the current window
+    self.window_start = None  # wall time after the first (compiling) step of the window
+    self.timed_steps = 0
+    self.compile_s = None
+
+  def add(self, metrics: dict[str, jax.Array], compiled_now: float | None) -> None:
+    self.pending.append(metrics)
+    if compiled_now is not None:  # first step: its time is compile time, not throughput
+      self.compile_s = compiled_now
+      self.window_start = time.perf_counter()
+    else:
+      self.timed_steps += 1
+
+  def pause(self, seconds: float) -> None:
+    """Leaves ``seconds`` of non-step work (e.g. a checkpoint save) out of the throughput."""
+    if self.window_start is not None:
+      self.window_start += seconds
+
+  def flush(self, step: int) -> dict[str, Any]:
+    """Fetches the window (blocks on the device), writes it; ``step`` = steps completed."""
+    host = jax.device_get(self.pending)
+    now = time.perf_counter()
+    rec = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    real = float(sum(m.get("n_real_tokens", 0.0) for m in host[-self.timed_steps:])
+                 ) if self.timed_steps else 0.0
+    elapsed = now - self.window_start if self.timed_steps else 0.0
+    rec.update(step=step, lr=float(self.schedule(step - 1)),
+               real_frac=rec.get("n_real_tokens", 0.0) / self.slots)
+    if self.timed_steps:
+      rec.update(step_time_s=elapsed / self.timed_steps, tokens_per_s=real / elapsed)
+    if self.compile_s is not None:
+      rec["compile_s"] = self.compile_s
+    self._write(rec)
+    self.pending, self.timed_steps, self.compile_s = [], 0, None
+    self.window_start = time.perf_counter()
+    return rec
+
+  def _write(self, rec: dict[str, Any]) -> None:
+    g = lambda k: rec.get(k, float("nan"))  # noqa: E731
+    logging.info(
+        "step %d  loss %.4f  text %.4f  flow %.4f  lr %.2e  |g| %.3f  %.3fs/step  %.0f tok/s"
+        "  real %.2f%s%s", rec["step"], g("loss"), g("text_loss"), g("flow_loss"), g("lr"),
+        g("grad_norm"), g("step_time_s"), g("tokens_per_s"), g("real_frac"),
+        f"  (first step incl. compile {rec['compile_s']:.1f}s)" if "compile_s" in rec else "",
+        f"  SKIPPED {rec['skipped']:.0%} (non-finite)" if rec.get("skipped") else "")
+    if not self.primary:
+      return
+    self.jsonl.write(json.dumps(rec) + "\n")
+    self.jsonl.flush()
+    for k, v in rec.items():
+      if k != "step":
+        self.tb.add_scalar(f"train/{k}", v, rec["step"])
+    self.tb.flush()
+
+  def close(self) -> None:
+    if self.primary:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def progress(total: int, initial: int):
+  if jax.process_index() != 0 or not sys.stderr.isatty():
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
