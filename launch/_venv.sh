@@ -9,10 +9,15 @@ ensure_venv() {
   . .venv/bin/activate
   python -c 'import sys; assert sys.version_info >= (3, 10), sys.version' \
     || { echo "mogao_jax needs Python >= 3.10" >&2; exit 1; }
-  local stamp=.venv/.mogao_jax_install want
-  want="$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+  # $1: the extras to install (default "test"); the test script adds torch,hf for the
+  # checkpoint-conversion parity tests. One stamp per extras set, so local.sh and test.sh do
+  # not undo each other's.
+  local extras="${1:-test}" want
+  local stamp=".venv/.mogao_jax_install.${extras//,/-}"
+  want="$(cat setup.cfg pyproject.toml constraints.txt | sha256sum)"
+  want="${want%% *}"
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    python -m pip install -q -c constraints.txt -e '.[test]'
+    python -m pip install -q -c constraints.txt -e ".[$extras]"
     echo "$want" > "$stamp"
   fi
 }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 . launch/_venv.sh
 
-ensure_venv
+ensure_venv test,torch,hf  # torch + transformers/diffusers: the conversion parity tests
 workers="${PYTEST_XDIST:-0}"
 xdist=()
 [[ "$workers" != 0 ]] && xdist=(-n "$workers")

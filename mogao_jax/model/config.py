@@ -37,6 +37,12 @@ class ModelConfig:
   scan_layers: bool
   remat: str
   dtype: str
+  # The understanding encoder: "tiny" (vit.TinyViT, from scratch) or "siglip" (model/siglip.py,
+  # loads SigLIP weights via init.vit). Defaults keep configs written before these keys valid.
+  vit: str = "tiny"
+  vit_mlp_dim: int = 0  # siglip: the MLP width (the tiny ViT uses 4 * vit_width)
+  vit_pos_grid: int = 0  # siglip: side of the learned position table; 0 = vit_grid
+  vit_norm_eps: float = 1e-6  # siglip: LayerNorm epsilon
 
   @property
   def compute_dtype(self):
@@ -44,11 +50,12 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "ModelConfig":
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in c]
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields
+               if f.name not in c and f.default is dataclasses.MISSING]
     if missing:
       raise ValueError(f"config is missing keys {['model.' + n for n in missing]}")
-    cfg = cls(**{n: c[n] for n in names})
+    cfg = cls(**{f.name: c[f.name] for f in fields if f.name in c})
     cfg.validate()
     return cfg
 
@@ -68,5 +75,10 @@ class ModelConfig:
     need(self.remat in _REMAT, "remat", f"must be one of {_REMAT}")
     need(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
          "must be float32, bfloat16 or float16")
+    need(self.vit in ("tiny", "siglip"), "vit", "must be 'tiny' or 'siglip'")
+    if self.vit == "siglip":
+      need(self.vit_mlp_dim > 0, "vit_mlp_dim", "must be positive with model.vit='siglip'")
+      need(self.patch_dim % 3 == 0 and round((self.patch_dim // 3) ** 0.5) ** 2 * 3
+           == self.patch_dim, "patch_dim", "must be p * p * 3 with model.vit='siglip'")
     masks.parse_table(self.mask_other, "model.mask_other")
     masks.parse_table(self.mask_same, "model.mask_same")

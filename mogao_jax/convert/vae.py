@@ -1,0 +1,33 @@
+"""diffusers AutoencoderKL directory (config.json + safetensors) -> model/vae.py.
+
+    cfg, params, report = load(path)
+    latents = AutoencoderKL(cfg).apply({"params": params}, images, method="encode")
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from mogao_jax.convert import mapping, tensors
+from mogao_jax.model.vae import AutoencoderKL, VAEConfig
+
+
+def load_config(path: str) -> VAEConfig:
+  f = os.path.join(path, "config.json")
+  return VAEConfig.from_hf(tensors.read_json(f), f)
+
+
+def load(path: str) -> tuple[VAEConfig, dict, list[str]]:
+  """(config, params, report) of a diffusers AutoencoderKL directory; no random init."""
+  cfg = load_config(path)
+  model = AutoencoderKL(cfg)
+  f = 2 ** (len(cfg.block_out_channels) - 1)
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, 2 * f, 2 * f, cfg.in_channels)))["params"]
+  flat = tensors.flatten(abstract)
+  entries = mapping.vae_entries({k: v.shape for k, v in flat.items()})
+  report = mapping.import_entries(flat, tensors.read_dir(path), entries, path)
+  return cfg, tensors.unflatten(flat), report
