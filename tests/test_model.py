@@ -6,12 +6,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mogao_jax.data.batch import Kind
 from mogao_jax.train import step
-from tests import rowkit
+from tests import modelkit, rowkit
 from tests.conftest import tiny_config
 
 GRID = 2
@@ -21,12 +20,7 @@ GRID = 2
 def setup():
   c = tiny_config()
   model = step.make_model(c)
-  state = step.init_state(c, model, optax.sgd(0.0), jax.random.key(0), step.example_batch(c, 1))
-  # Random init leaves zero-initialised heads and AdaLN terms at 0, which would make several
-  # checks below vacuous: perturb every parameter so each of them matters.
-  leaves, tree = jax.tree_util.tree_flatten(state.params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = tree.unflatten([x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = modelkit.perturbed_params(c, model)
   losses = jax.jit(functools.partial(step.per_slot_losses, model))
   apply = jax.jit(lambda p, inputs, t: model.apply({"params": p}, inputs, t))
   return c, model, params, losses, apply

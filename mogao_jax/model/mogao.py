@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mogao_jax.data.batch import Kind
-from mogao_jax.model import layers, masks, rope, transformer, vit
+from mogao_jax.model import layers, masks, rope, siglip, transformer, vit
 from mogao_jax.model.config import ModelConfig
 
 T_EMBED_DIM = 256
@@ -27,7 +27,8 @@ class Mogao(nn.Module):
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.width, dtype=c.compute_dtype, name="embed_tokens",
         embedding_init=nn.with_logical_partitioning(layers.DEFAULT_INIT, ("vocab", "embed")))
-    self.vit = vit.TinyViT(c)
+    self.vit = (siglip.SiglipSlots(siglip.from_model_config(c), grid=c.vit_grid, name="vit")
+                if c.vit == "siglip" else vit.TinyViT(c))
     self.connector = vit.Connector(c)
     self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
     self.t_fc1 = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
@@ -58,16 +59,38 @@ class Mogao(nn.Module):
     emb = layers.timestep_embedding(vis_t_BV, T_EMBED_DIM)
     return self.t_fc2(nn.silu(self.t_fc1(emb.astype(self.cfg.compute_dtype))))
 
+  def _embed(self, b, vis_t_BV):
+    x_txt = nn.with_logical_constraint(self.embed_text_stream(b), ("batch", "length", "embed"))
+    x_vis = self.vis_in(b["vis_latent"].astype(self.cfg.compute_dtype))
+    x_vis = nn.with_logical_constraint(x_vis, ("batch", "length", "embed"))
+    return x_txt, x_vis, nn.silu(self.time_condition(vis_t_BV))
+
   def __call__(self, b, vis_t_BV):
     c = self.cfg
-    x_txt = nn.with_logical_constraint(self.embed_text_stream(b), ("batch", "length", "embed"))
-    x_vis = self.vis_in(b["vis_latent"].astype(c.compute_dtype))
-    x_vis = nn.with_logical_constraint(x_vis, ("batch", "length", "embed"))
-    cond_BVD = nn.silu(self.time_condition(vis_t_BV))
+    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV)
     meta = masks.joint_metadata(b)
     mask_BLL = masks.visibility(meta, meta, self._other, self._same)
     angles_BLP = rope.rope_angles(meta["pos"], c.head_dim, c.rope_theta)
     x_txt, x_vis = self.stack(x_txt, x_vis, mask_BLL, angles_BLP, self.t_mod(cond_BVD))
+    return self._heads(x_txt, x_vis, cond_BVD)
+
+  def decode(self, b, vis_t_BV, cache_kv, mask_BLK):
+    """Sampling: the new slots `b` read [cached keys ; themselves] under mask_BLK [B, L, C + L]
+    (the caller builds it from slot metadata, masks.visibility plus any condition drop).
+
+    cache_kv = (k, v), each [depth, B, C, num_kv_heads, head_dim], rotated. Returns
+    (logits_BTV, velocity_BVC, new_kv) with new_kv the new slots' (k, v), [depth, B, L, ...].
+    """
+    c = self.cfg
+    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV)
+    pos = jnp.concatenate([b["txt_pos"], b["vis_pos"]], axis=1)
+    angles_BLP = rope.rope_angles(pos, c.head_dim, c.rope_theta)
+    x_txt, x_vis, new_kv = self.stack(x_txt, x_vis, mask_BLK, angles_BLP, self.t_mod(cond_BVD),
+                                      cache_kv)
+    return (*self._heads(x_txt, x_vis, cond_BVD), new_kv)
+
+  def _heads(self, x_txt, x_vis, cond_BVD):
+    c = self.cfg
     h_txt = self.txt_norm(x_txt)
     logits_BTV = (self.embed_tokens.attend(h_txt) if c.tie_embeddings else self.lm_head(h_txt))
     fin = self.t_final(cond_BVD)

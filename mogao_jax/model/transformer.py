@@ -63,7 +63,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, carry, mask_BLL, angles_BLP, mod_BV6D):
+  def __call__(self, carry, mask_BLL, angles_BLP, mod_BV6D, cache_kv=None):
+    """cache_kv: None (training: the keys are the row's own slots) or this layer's cached
+    (k_BCKD, v_BCKD), already rotated, to prepend to the keys (sampling); mask_BLL is then
+    [B, L, C + L] and the block also returns this call's rotated (k, v) for the cache."""
     c = self.cfg
     x_txt, x_vis = carry
     n_txt = x_txt.shape[1]
@@ -82,6 +85,11 @@ class Block(nn.Module):
     k = rope.apply_rope(jnp.concatenate([k_t, k_v], axis=1), angles_BLP)
     v = jnp.concatenate([v_t, v_v], axis=1)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    new_kv = None
+    if cache_kv is not None:  # sampling: read [cache ; new], hand the new keys back
+      new_kv = (k, v)
+      k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     o_BLHD = layers.attention(q, k, v, mask_BLL)
     # Gates are parameterised as 1 + g so that zero modulation is the plain (text) block: a
     # vision pathway copied from the text weights then starts as exactly the text function.
@@ -91,7 +99,7 @@ class Block(nn.Module):
     x_vis = x_vis + (1.0 + gate_m) * vis.ffn(x_vis, (shift_m, scale_m))
     x_txt = nn.with_logical_constraint(x_txt, ("batch", "length", "embed"))
     x_vis = nn.with_logical_constraint(x_vis, ("batch", "length", "embed"))
-    return (x_txt, x_vis), None
+    return (x_txt, x_vis), new_kv
 
 
 _REMAT_POLICIES = {
@@ -105,7 +113,10 @@ class Stack(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_txt, x_vis, mask_BLL, angles_BLP, mod_BV6D):
+  def __call__(self, x_txt, x_vis, mask_BLL, angles_BLP, mod_BV6D, cache_kv=None):
+    """cache_kv (sampling only): per-layer cached keys/values (k, v), each [depth, B, C, K, D];
+    then the new rotated (k, v) of every layer, [depth, B, L, K, D], come back as a third
+    output. Without it this is exactly the training forward pass."""
     c = self.cfg
     block = Block
     if c.remat != "none":
@@ -113,14 +124,21 @@ class Stack(nn.Module):
       block = nn.remat(Block, prevent_cse=not c.scan_layers,
                        policy=getattr(jax.checkpoint_policies, policy) if policy else None)
     if c.scan_layers:
+      cached = cache_kv is not None
       scanned = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"})
-      (x_txt, x_vis), _ = scanned(c, name="layers")((x_txt, x_vis), mask_BLL, angles_BLP,
-                                                     mod_BV6D)
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + ((0,) if cached else ()),
+          length=c.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+      (x_txt, x_vis), new_kv = scanned(c, name="layers")(
+          (x_txt, x_vis), mask_BLL, angles_BLP, mod_BV6D, *((cache_kv,) if cached else ()))
     else:
+      new = []
       for i in range(c.depth):
-        (x_txt, x_vis), _ = block(c, name=f"layers_{i}")((x_txt, x_vis), mask_BLL, angles_BLP,
-                                                          mod_BV6D)
-    return x_txt, x_vis
+        layer_kv = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
+        (x_txt, x_vis), kv = block(c, name=f"layers_{i}")((x_txt, x_vis), mask_BLL, angles_BLP,
+                                                           mod_BV6D, layer_kv)
+        new.append(kv)
+      new_kv = None if cache_kv is None else jax.tree.map(lambda *xs: jnp.stack(xs), *new)
+    if cache_kv is None:
+      return x_txt, x_vis
+    return x_txt, x_vis, new_kv

@@ -1,0 +1,48 @@
+"""The KV cache: every layer's rotated keys/values plus the metadata the mask needs.
+
+Slots of both streams share one cache: once a slot's K/V exist (after its own pathway's
+projections and RoPE) nothing about it depends on its stream. A slot with segment 0 is empty
+and invisible (masks.visibility wants matching segments > 0).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mogao_jax.model.config import ModelConfig
+
+META = ("segment", "kind", "image", "pos")
+
+
+@flax.struct.dataclass
+class KVCache:
+  k: jax.Array  # [depth, B, C, num_kv_heads, head_dim]
+  v: jax.Array
+  segment: jax.Array  # [B, C]; 0 = empty
+  kind: jax.Array  # [B, C]
+  image: jax.Array  # [B, C]
+  pos: jax.Array  # [B, C, 3]
+
+  @property
+  def capacity(self) -> int:
+    return self.segment.shape[1]
+
+  def meta(self) -> dict[str, jax.Array]:
+    return {f: getattr(self, f) for f in META}
+
+  def write(self, dest_BL, new_kv, meta_BL: dict) -> "KVCache":
+    """Stores new slots at cache index dest_BL [B, L]; index >= capacity drops the slot."""
+    b = jnp.arange(dest_BL.shape[0])[:, None]
+    put = lambda old, new: old.at[b, dest_BL].set(new.astype(old.dtype), mode="drop")  # noqa
+    put_kv = lambda old, new: old.at[:, b, dest_BL].set(new.astype(old.dtype), mode="drop")  # noqa
+    return self.replace(k=put_kv(self.k, new_kv[0]), v=put_kv(self.v, new_kv[1]),
+                        **{f: put(getattr(self, f), meta_BL[f]) for f in META})
+
+
+def empty(cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
+  kv = jnp.zeros((cfg.depth, batch, capacity, cfg.num_kv_heads, cfg.head_dim), cfg.compute_dtype)
+  z = jnp.zeros((batch, capacity), jnp.int32)
+  return KVCache(k=kv, v=kv, segment=z, kind=z, image=z,
+                 pos=jnp.zeros((batch, capacity, 3), jnp.int32))
