@@ -1,0 +1,70 @@
+"""Config-path arguments, big_vision style: ``--config experiments/tiny_cpu.py:size=small,res=16``.
+
+ml_collections' ``config_flags`` passes everything after the ``:`` to ``get_config(arg)``;
+``parse_arg(arg, **defaults)`` turns that string into a typed ConfigDict. Each default fixes the
+type of its key (``res=32`` makes ``res`` an int), so ``res=big`` or an unknown key fails at
+once, naming the key. No JAX import here: flag parsing must stay fast.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert(key: str, raw: str, default):
+  """``raw`` as the type of ``default``; a ValueError names the key on failure."""
+  try:
+    if isinstance(default, bool):  # before int: bool is an int
+      low = raw.lower()
+      if low not in _TRUE + _FALSE:
+        raise ValueError("not a bool")
+      return low in _TRUE
+    if isinstance(default, (int, float)):
+      return type(default)(raw)
+    return raw
+  except ValueError:
+    raise ValueError(f"config argument {key}={raw!r}: expected {type(default).__name__}"
+                     f" (default {default!r})") from None
+
+
+def split_arg(arg: str | None) -> dict[str, str]:
+  """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (raw strings, in order); a bare ``a`` is
+  ``a=true``."""
+  out: dict[str, str] = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if not key:
+      raise ValueError(f"config argument {item!r}: missing a key before '='")
+    if key in out:
+      raise ValueError(f"config argument {key!r} given twice in {arg!r}")
+    out[key] = value.strip() if eq else "true"
+  return out
+
+
+def join_arg(items: dict[str, object]) -> str:
+  """The inverse of ``split_arg`` (for sweeps that vary the config argument)."""
+  return ",".join(f"{k}={v}" for k, v in items.items())
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Typed config arguments: ``defaults`` overridden by the ``key=value`` pairs of ``arg``."""
+  raw = split_arg(arg)
+  unknown = sorted(set(raw) - set(defaults))
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown} in {arg!r}; known:"
+                     f" {sorted(defaults)}")
+  values = dict(defaults)
+  for key, value in raw.items():
+    values[key] = _convert(key, value, defaults[key])
+  return ml_collections.ConfigDict(values)
+
+
+def check_choice(args, key: str, choices) -> None:
+  if args[key] not in choices:
+    raise ValueError(f"config argument {key}={args[key]!r}: must be one of {list(choices)}")
