@@ -58,3 +58,15 @@ def test_unrolled_layers_match_scan(reference):
   want = _unstack(grads0, c.model.depth)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                          grads, want)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(reference):
+  c, batch, params, noise, (loss0, grads0) = reference
+  c = c.copy_and_resolve_references()
+  c.model.dtype = "bfloat16"
+  loss, grads = _loss_and_grad(c, params, batch, noise)
+  assert loss == pytest.approx(loss0, rel=2e-2)  # bf16 has an 8-bit mantissa
+  dtypes = {x.dtype for x in jax.tree_util.tree_leaves(grads)}
+  assert dtypes == {np.dtype(np.float32)}, dtypes  # grads land on the float32 params
+  g, g0 = (optax.global_norm(x) for x in (grads, grads0))
+  assert float(g) == pytest.approx(float(g0), rel=5e-2)

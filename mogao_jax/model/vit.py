@@ -25,10 +25,13 @@ class TinyViT(nn.Module):
   def __call__(self, patch_BLP, kind_BL, segment_BL, image_BL, pos_BL3):
     c = self.cfg
     dt = c.compute_dtype
-    x = nn.Dense(c.vit_width, dtype=dt, name="patch_embed")(patch_BLP.astype(dt))
+    x = layers.dense(c.vit_width, (None, "embed"), c, bias=True, bias_axes=("embed",),
+                     name="patch_embed")(patch_BLP)
     grid_idx = jnp.clip(pos_BL3[..., 1], 0, c.vit_grid - 1) * c.vit_grid + jnp.clip(
         pos_BL3[..., 2], 0, c.vit_grid - 1)
-    x = x + nn.Embed(c.vit_grid * c.vit_grid, c.vit_width, name="pos_embed")(grid_idx)
+    x = x + nn.Embed(c.vit_grid * c.vit_grid, c.vit_width, name="pos_embed",
+                     embedding_init=nn.with_logical_partitioning(
+                         layers.DEFAULT_INIT, (None, "embed")))(grid_idx)
     is_vit = kind_BL == Kind.VIT
     mask_BLL = ((image_BL[:, :, None] == image_BL[:, None, :])
                 & (segment_BL[:, :, None] == segment_BL[:, None, :])
@@ -36,12 +39,16 @@ class TinyViT(nn.Module):
     head_dim = c.vit_width // c.vit_heads
     for i in range(c.vit_depth):
       h = nn.LayerNorm(dtype=dt, name=f"ln_attn_{i}")(x)
-      qkv = nn.DenseGeneral((3, c.vit_heads, head_dim), dtype=dt, name=f"qkv_{i}")(h)
+      qkv = layers.dense((3, c.vit_heads, head_dim), ("embed", None, "heads", "kv"), c,
+                         bias=True, bias_axes=(None, "heads", "kv"), name=f"qkv_{i}")(h)
       o = layers.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask_BLL)
-      x = x + nn.DenseGeneral(c.vit_width, axis=(-2, -1), dtype=dt, name=f"out_{i}")(o)
+      x = x + layers.dense(c.vit_width, ("heads", "kv", "embed"), c, n_in=2, bias=True,
+                           bias_axes=("embed",), name=f"out_{i}")(o)
       h = nn.LayerNorm(dtype=dt, name=f"ln_mlp_{i}")(x)
-      h = nn.Dense(4 * c.vit_width, dtype=dt, name=f"fc1_{i}")(h)
-      x = x + nn.Dense(c.vit_width, dtype=dt, name=f"fc2_{i}")(jax.nn.gelu(h))
+      h = layers.dense(4 * c.vit_width, ("embed", "mlp"), c, bias=True, bias_axes=("mlp",),
+                       name=f"fc1_{i}")(h)
+      x = x + layers.dense(c.vit_width, ("mlp", "embed"), c, bias=True, bias_axes=("embed",),
+                           name=f"fc2_{i}")(jax.nn.gelu(h))
     return nn.LayerNorm(dtype=dt, name="post_ln")(x)
 
 

@@ -8,17 +8,17 @@ Config keys read (all under ``mesh`` and ``dist``):
   sequence of ``(name, size)`` pairs keeps its own order.
 * ``mesh.axis_types`` (optional): "auto" (default; GSPMD propagation, what Flax Linen's logical
   constraints expect) or "explicit" (sharding in types).
-* ``dist.coordinator_address``, ``dist.num_processes``, ``dist.process_id`` (optional): when any
-  is set, or ``dist.auto`` is True (TPU pods, SLURM: JAX detects the cluster itself),
-  ``jax.distributed.initialize`` runs before any device is touched. The environment variable
-  ``MOGAO_DISTRIBUTED=1`` does the same as ``dist.auto`` for configs without a ``dist`` section.
+* ``dist.num_processes`` > 1 (with ``dist.process_id`` and ``dist.coordinator_address``), or
+  ``dist.auto`` (TPU pods, SLURM: JAX detects the cluster itself): ``jax.distributed.initialize``
+  runs before any device is touched. The environment variable ``MOGAO_DISTRIBUTED=1`` does the
+  same as ``dist.auto`` for configs without a ``dist`` section (see ``dist_config``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import jax
@@ -85,24 +85,40 @@ def make_mesh(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return mesh
 
 
-def _dist_kwargs(dist: Mapping[str, Any]) -> dict[str, Any]:
-  keys = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
-  return {k: dist[k] for k in keys if dist.get(k) is not None}
+def dist_config() -> "ml_collections.ConfigDict":
+  """The `dist` config section. The defaults mean one process; launch/multiprocess_cpu.sh
+  (or a cluster script) sets --config.dist.num_processes/process_id/coordinator_address."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({
+      "coordinator_address": "",  # host:port of process 0; "" = JAX_COORDINATOR_ADDRESS / auto
+      "num_processes": 1,
+      "process_id": 0,
+      "auto": False,  # let JAX detect the cluster (TPU pods, SLURM, Open MPI, k8s)
+  })
 
 
 def maybe_initialize_distributed(config) -> bool:
   """Runs ``jax.distributed.initialize`` when ``config.dist`` asks for it; True if it ran.
 
-  Must run before the first JAX call that touches devices. Single-process runs (no ``dist``
-  section, nothing set in it, no ``MOGAO_DISTRIBUTED=1``) are left alone.
+  Must run before the first JAX call that touches devices. Single-process runs
+  (``dist.num_processes`` 1, no ``dist.auto``, no ``MOGAO_DISTRIBUTED=1``) are left alone.
   """
   dist = config.get("dist", None) or {}
-  kwargs = _dist_kwargs(dist)
+  n = dist.get("num_processes", 1)
   auto = dist.get("auto", False) or os.environ.get("MOGAO_DISTRIBUTED", "") == "1"
-  if not kwargs and not auto:
+  if not isinstance(n, int) or n < 1:
+    raise ValueError(f"dist.num_processes = {n!r}: must be a positive int")
+  if n == 1 and not auto:
     return False
   if jax.distributed.is_initialized():
     return False
+  kwargs = {}
+  if n > 1:
+    pid = dist.get("process_id", 0)
+    if not 0 <= pid < n:
+      raise ValueError(f"dist.process_id = {pid!r}: must be in [0, dist.num_processes = {n})")
+    kwargs = dict(coordinator_address=dist.get("coordinator_address") or None,
+                  num_processes=n, process_id=pid)
   logging.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),

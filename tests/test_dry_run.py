@@ -1,0 +1,89 @@
+"""Dry run: compile for a mesh without training; memory and sharding read from XLA's compiled
+analysis. On 8 simulated CPU devices."""
+
+import math
+
+import ml_collections
+import pytest
+
+from mogao_jax.data import batch as batch_lib
+
+from mogao_jax.parallel import report
+from mogao_jax.train import dry_run
+from tests.configs import tiny_config
+
+
+def _summary(shape):
+  c = tiny_config()
+  c.model.num_kv_heads = 2
+  c.mesh.shape = ml_collections.ConfigDict(shape)
+  compiled, rows, mesh = dry_run.compile_step(c)
+  return dry_run.summarize(compiled, rows, mesh), rows
+
+
+@pytest.fixture(scope="module")
+def replicated():
+  return _summary({"data": 8, "fsdp": 1, "tensor": 1})
+
+
+@pytest.fixture(scope="module")
+def fsdp():
+  return _summary({"data": 1, "fsdp": 8, "tensor": 1})
+
+
+def test_full_fsdp_stores_an_eighth(replicated, fsdp):
+  (rep, _), (sh, _) = replicated, fsdp
+  assert rep["params_per_device"] == rep["params_total"]
+  # Norm scales and biases of non-"embed" dims stay replicated: a few % of a tiny model.
+  slack = 0.03
+  assert sh["params_per_device"] <= rep["params_total"] * (1 / 8 + slack)
+  # The compiled step's arguments are params + optimizer state + the batch; the batch is split
+  # 8 ways in both meshes, and the rest must shrink like the parameters.
+  c = tiny_config()
+  spec = batch_lib.row_spec(c.data.l_txt, c.data.l_vis, c.model.patch_dim, c.model.latent_dim)
+  batch_gib = sum(math.prod(shp) * dt.itemsize for shp, dt in spec.values()) * (
+      c.data.batch_size / 8) / 2**30
+  assert sh["argument_gib"] - batch_gib <= (rep["argument_gib"] - batch_gib) * (1 / 8 + slack)
+  assert sh["flops_per_step_per_device"] > 0
+
+
+def test_replication_tolerance_names_the_key(replicated, fsdp):
+  _, rows = replicated
+  with pytest.raises(ValueError, match="mesh.max_replicated_fraction") as e:
+    report.check_replication(rows, 8, 0.5)
+  assert "embed_tokens/embedding" in str(e.value) or "stack/layers" in str(e.value)
+  _, rows = fsdp
+  assert report.check_replication(rows, 8, 0.05) < 0.05
+  assert report.replicated_fraction(rows, 1) == 0.0
+
+
+def test_report_lists_every_parameter(fsdp):
+  _, rows = fsdp
+  table = report.format_table(rows)
+  assert "embed_tokens/embedding" in table and "('vocab', 'embed')" in table
+  assert table.count("\n") == len(rows) + 2
+
+
+def test_unknown_topology_says_what_is_missing():
+  c = tiny_config()
+  c.dry_run_topology = "v5p-8"
+  with pytest.raises(RuntimeError, match="dry_run_topology='v5p-8'"):
+    dry_run.run(c)
+
+
+def test_trainer_dry_run_compiles_without_training(tmp_path):
+  from mogao_jax.train import loop  # pylint: disable=g-import-not-at-top
+  c = tiny_config()
+  c.dry_run = True
+  (summary,) = loop.train(c, str(tmp_path / "wd"))
+  assert summary["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert summary["params_total"] > 0 and summary["peak_gib"] > 0
+  assert not (tmp_path / "wd").exists()  # nothing written, no data read
+
+
+def test_heads_not_dividing_tensor_axis_names_the_values():
+  c = tiny_config()  # 2 query heads, 1 kv head
+  c.mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": 2, "tensor": 4})
+  with pytest.raises(ValueError, match=r"\(logical '(kv_)?heads'\) has size [12], which does"
+                                       r" not split over mesh axes \('tensor',\) of size 4"):
+    dry_run.compile_step(c)
