@@ -1,12 +1,54 @@
 """The default experiment: a tiny two-pathway Mogao on the built-in world, trained on the CPU.
 
 python -m mogao_jax.train --config experiments/tiny_cpu.py --workdir runs/demo
+python -m mogao_jax.train --config experiments/tiny_cpu.py:size=micro,res=16 --workdir runs/m
+
+Config arguments (after the ':', comma-separated key=value; the defaults give the default run):
+  size   micro | tiny | small: model sizes (micro = the test suite's model; tiny = the default)
+  res    image side in pixels (a multiple of the 4-pixel patch); the ViT position grid and
+         the stream capacities follow it (l_vis = 3 images' patches: a 2-step story fits)
+  batch  global rows per step
 """
 
 import ml_collections
 
+from mogao_jax import config_args
+from mogao_jax.parallel import mesh as mesh_lib
 
-def get_config() -> ml_collections.ConfigDict:
+# model.* per size; "tiny" is the default run's model.
+SIZES = {
+    "micro": dict(width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
+                  vit_width=32, vit_depth=1, vit_heads=2),
+    "tiny": dict(width=128, depth=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384,
+                 vit_width=64, vit_depth=2, vit_heads=2),
+    "small": dict(width=256, depth=6, num_heads=8, num_kv_heads=4, head_dim=32, mlp_dim=768,
+                  vit_width=128, vit_depth=2, vit_heads=4),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16)
+  config_args.check_choice(args, "size", SIZES)
+  c = _base()
+  _apply_args(c, args)
+  return c
+
+
+def _apply_args(c, args) -> None:
+  """size / res / batch -> the keys they set (at the defaults: exactly the values of _base)."""
+  c.model.update(SIZES[args.size])
+  if args.res <= 0 or args.res % c.data.patch_size:
+    raise ValueError(f"config argument res={args.res}: must be a positive multiple of the"
+                     f" patch size {c.data.patch_size}")
+  grid = args.res // c.data.patch_size
+  c.data.image_size = args.res
+  c.model.vit_grid = grid
+  c.data.l_vis = 3 * grid * grid
+  c.data.l_txt = max(96, c.data.l_vis)
+  c.data.batch_size = args.batch
+
+
+def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -123,4 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
       ("mlp", "tensor"),
       ("vocab", "tensor"),
   )
+  c.dist = mesh_lib.dist_config()  # multi-process: see launch/multiprocess_cpu.sh
+  # Largest fraction of parameter bytes allowed fully replicated on a multi-device mesh (the
+  # sharding report's fail-fast check); 1.0 = off, as pure data parallelism replicates all.
+  c.mesh.max_replicated_fraction = 1.0
+  c.dry_run = False  # compile the step for the mesh, report memory/FLOPs/sharding, no training
+  c.dry_run_topology = ""  # e.g. "v5p-256": compile for that TPU topology (needs libtpu)
   return c

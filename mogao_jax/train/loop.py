@@ -1,16 +1,21 @@
-"""The training loop: init or restore, step, log, checkpoint.
+"""The training loop: init or restore, step, log, checkpoint; stop on preemption or NaNs.
 
 ``train(config, workdir)`` is the whole job. Config keys read here: ``seed``, ``train.steps``,
-``train.log_every``, ``train.ckpt_every`` (and via the helpers ``mesh.*``, ``dist.*``,
-``optim.*``, ``train.keep_checkpoints``). Outputs under ``workdir``: ``config.json``,
-``metrics.jsonl`` (one JSON object per logged step), ``tb/`` (TensorBoard), ``checkpoints/``.
+``train.log_every``, ``train.ckpt_every``, ``train.debug_nan_steps`` (test hook: steps whose
+batch is poisoned with NaN) (and via the helpers ``mesh.*``, ``dist.*``, ``optim.*``,
+``train.keep_checkpoints``, ``train.keep_every``, ``train.ema_decay``, ``train.max_nan_skips``,
+``init.*``). Outputs under ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
+logged step), ``tb/`` (TensorBoard), ``checkpoints/``.
+
+Stops early, always with a checkpoint of the last step: on SIGTERM / a preemption sync point
+(returns normally, so the process exits 0), or after ``train.max_nan_skips`` consecutive
+non-finite steps (raises ``NonFiniteError``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -18,14 +23,23 @@ from absl import logging
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
-import tensorboardX  # pure-python writer: flax.metrics.tensorboard / clu need TensorFlow
 
+from mogao_jax import runcard
+from mogao_jax.convert import init as convert_init
 from mogao_jax.data import pipeline
+from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.parallel import mesh as mesh_lib
+from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
+from mogao_jax.sample import tb as sample_tb
 from mogao_jax.train import checkpoint as ckpt_lib
+from mogao_jax.train import dry_run
+from mogao_jax.train import metrics as metrics_lib
+from mogao_jax.train import nan_guard
 from mogao_jax.train import optimizer as optim_lib
+from mogao_jax.train import preempt as preempt_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.train import transfer
 
 
 def validate(config) -> None:
@@ -35,6 +49,11 @@ def validate(config) -> None:
     v = t[key]
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
       raise ValueError(f"train.{key} = {v!r}: must be a positive int")
+  step_lib.ema_decay(config)
+  nan_guard.max_nan_skips(config)
+  bad = [s for s in t.get("debug_nan_steps", ()) or () if not isinstance(s, int)]
+  if bad:
+    raise ValueError(f"train.debug_nan_steps = {t.debug_nan_steps!r}: must be step numbers")
   bs, n = config.data.batch_size, jax.process_count()
   if bs % n:
     raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
@@ -65,102 +84,54 @@ def write_config(config, workdir: str) -> None:
       json.dump(ckpt_lib.config_to_json(config), f, indent=2, sort_keys=True)
 
 
-class MetricsLog:
-  """Window means of the step metrics -> absl log line, metrics.jsonl and TensorBoard."""
-
-  def __init__(self, config, workdir: str, schedule):
-    self.schedule = schedule
-    self.slots = config.data.batch_size * (config.data.l_txt + config.data.l_vis)
-    self.primary = jax.process_index() == 0
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
-    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb")) if self.primary else None
-    self.pending: list[dict[str, jax.Array]] = []  # device metrics of the current window
-    self.window_start = None  # wall time after the first (compiling) step of the window
-    self.timed_steps = 0
-    self.compile_s = None
-
-  def add(self, metrics: dict[str, jax.Array], compiled_now: float | None) -> None:
-    self.pending.append(metrics)
-    if compiled_now is not None:  # first step: its time is compile time, not throughput
-      self.compile_s = compiled_now
-      self.window_start = time.perf_counter()
-    else:
-      self.timed_steps += 1
-
-  def pause(self, seconds: float) -> None:
-    """Leaves ``seconds`` of non-step work (e.g. a checkpoint save) out of the throughput."""
-    if self.window_start is not None:
-      self.window_start += seconds
-
-  def flush(self, step: int) -> dict[str, Any]:
-    """Fetches the window (blocks on the device), writes it; ``step`` = steps completed."""
-    host = jax.device_get(self.pending)
-    now = time.perf_counter()
-    rec = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    real = float(sum(m.get("n_real_tokens", 0.0) for m in host[-self.timed_steps:])
-                 ) if self.timed_steps else 0.0
-    elapsed = now - self.window_start if self.timed_steps else 0.0
-    rec.update(step=step, lr=float(self.schedule(step - 1)),
-               real_frac=rec.get("n_real_tokens", 0.0) / self.slots)
-    if self.timed_steps:
-      rec.update(step_time_s=elapsed / self.timed_steps, tokens_per_s=real / elapsed)
-    if self.compile_s is not None:
-      rec["compile_s"] = self.compile_s
-    self._write(rec)
-    self.pending, self.timed_steps, self.compile_s = [], 0, None
-    self.window_start = time.perf_counter()
-    return rec
-
-  def _write(self, rec: dict[str, Any]) -> None:
-    g = lambda k: rec.get(k, float("nan"))  # noqa: E731
-    logging.info(
-        "step %d  loss %.4f  text %.4f  flow %.4f  lr %.2e  |g| %.3f  %.3fs/step  %.0f tok/s"
-        "  real %.2f%s", rec["step"], g("loss"), g("text_loss"), g("flow_loss"), g("lr"),
-        g("grad_norm"), g("step_time_s"), g("tokens_per_s"), g("real_frac"),
-        f"  (first step incl. compile {rec['compile_s']:.1f}s)" if "compile_s" in rec else "")
-    if not self.primary:
-      return
-    self.jsonl.write(json.dumps(rec) + "\n")
-    self.jsonl.flush()
-    for k, v in rec.items():
-      if k != "step":
-        self.tb.add_scalar(f"train/{k}", v, rec["step"])
-    self.tb.flush()
-
-  def close(self) -> None:
-    if self.primary:
-      self.jsonl.close()
-      self.tb.close()
-
-
-def _progress(total: int, initial: int):
-  if jax.process_index() != 0 or not sys.stderr.isatty():
-    return None
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+def _fresh_state(config, init, key, example_batch, shardings, workdir):
+  """A fresh init, then pretrained parts (init.text / init.vit) or another run's params
+  (init.params_from); the EMA, if on, starts from the final params."""
+  logging.info("initialising a fresh state (seed %d)", config.seed)
+  state = init(key, example_batch)
+  state = convert_init.apply_to_state(config, state, shardings.params, workdir)
+  state = transfer.apply_to_state(config, state, workdir)
+  if state.ema is not None:  # a copy: the train step donates params and EMA separately
+    state = state.replace(ema=jax.tree.map(lambda p: p.copy(), state.params))
+  return state
 
 
 def _init_or_restore(config, model, tx, ckpt, mesh, rules, example_batch, data_iter):
-  """(state, state_shardings): a restored checkpoint if the workdir has one, else a fresh init."""
+  """(state, state_shardings): the newest readable checkpoint of the workdir, else a fresh init."""
   specs = step_lib.state_logical_specs(config, model, tx, example_batch)
   shardings = rules_lib.logical_to_sharding(specs, mesh, rules)
-  init = jax.jit(lambda key, b: step_lib.init_state(config, model, tx, key, b),
-                 out_shardings=shardings)
+  init_fn = lambda key, b: step_lib.init_state(config, model, tx, key, b)  # noqa: E731
   key = jax.random.key(config.seed)
-  latest = ckpt.latest_step()
-  if latest is None:
-    logging.info("initialising a fresh state (seed %d)", config.seed)
-    return init(key, example_batch), shardings
-  abstract = jax.eval_shape(init, key, example_batch)
-  state, data_state = ckpt.restore(
-      latest, ckpt_lib.abstract_with_shardings(abstract, shardings), config)
+  shapes = jax.eval_shape(init_fn, key, example_batch)
+  _report_sharding(config, shapes.params, specs.params, shardings.params, mesh)
+  init = jax.jit(init_fn, out_shardings=shardings)
+  abstract = ckpt_lib.abstract_with_shardings(shapes, shardings)
+  restored = ckpt.restore_latest(abstract, config)
+  if restored is None:
+    workdir = os.path.dirname(ckpt.directory)
+    return _fresh_state(config, init, key, example_batch, shardings, workdir), shardings
+  _, state, data_state = restored
   data_iter.set_state(pipeline.state_from_json(data_state))
   return state, shardings
 
 
+def _report_sharding(config, abstract_params, logical_specs, shardings, mesh) -> None:
+  """Logs every parameter's placement; stops if too much of it is replicated."""
+  rows = report.parameter_rows(abstract_params, logical_specs, shardings)
+  logging.info("sharding report:\n%s", report.format_table(rows))
+  report.check_divisible(rows, mesh)
+  report.check_replication(rows, mesh.size, config.mesh.get("max_replicated_fraction", 1.0))
+
+
 def train(config, workdir: str) -> list[dict[str, Any]]:
-  """Trains to ``train.steps`` (resuming from ``workdir``); returns the logged records."""
+  """Trains to ``train.steps`` (resuming from ``workdir``); returns the logged records.
+
+  With ``dry_run`` it only compiles the step for the mesh and reports memory, FLOPs and
+  sharding (mogao_jax/train/dry_run.py); nothing is written.
+  """
   mesh_lib.maybe_initialize_distributed(config)
+  if config.get("dry_run", False):
+    return [dry_run.run(config)]
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
@@ -169,14 +140,18 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   _check_batch_split(config, mesh, rules)
   tx, schedule = optim_lib.make_optimizer(config)
 
+  ckpt = ckpt_lib.Checkpointer(workdir, config)
+  # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
+  ckpt.sync_tokenizer(os.path.join(workdir, tokenizer_lib.MODEL_FILE))
   tokenizer = pipeline.make_tokenizer(config, workdir)
   data_iter = pipeline.make_pipeline(config, tokenizer, split="train",
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
   model = step_lib.make_model(config)
   bsh = rules_lib.batch_sharding(mesh, rules)
-  ckpt = ckpt_lib.Checkpointer(workdir, config)
-  log = MetricsLog(config, workdir, schedule)
+  log = metrics_lib.MetricsLog(config, workdir, schedule)
+  preempt = preempt_lib.Preemption(ckpt.manager)
+  runcard.write_run_card(config, workdir, mesh=mesh)
   try:
     with rules_lib.activate(mesh, rules):
       example = _to_global(_zero_batch(config), bsh)
@@ -186,35 +161,79 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
       step_fn = jax.jit(step_lib.make_train_step(config, model, tx),
                         in_shardings=(shardings, bsh), out_shardings=(shardings, replicated),
                         donate_argnums=0)
-      return _run(config, state, step_fn, data_iter, bsh, ckpt, log)
+      saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)
+      return _run(config, state, step_fn, data_iter, bsh, saver, log, preempt)
   finally:
     # Whatever happened, let pending async saves land so the last checkpoint is not lost.
+    preempt.close()
     ckpt.close()
     log.close()
+    runcard.finish_run_card(workdir)
 
 
-def _run(config, state, step_fn, data_iter, bsh, ckpt, log) -> list[dict[str, Any]]:
+class _Saver:
+  """Checkpoint saves of the loop (state + data iterator position + config + tokenizer)."""
+
+  def __init__(self, ckpt, config, data_iter, tokenizer_proto: bytes):
+    self.ckpt, self.config, self.data_iter = ckpt, config, data_iter
+    self.tokenizer_proto, self.last = tokenizer_proto, None
+
+  def __call__(self, step: int, state) -> None:
+    if self.last != step:
+      self.ckpt.save(step, state, pipeline.state_to_json(self.data_iter.get_state()),
+                     self.config, tokenizer_proto=self.tokenizer_proto)
+      self.last = step
+
+
+def _poisoned(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The NaN-injection test hook (train.debug_nan_steps): all vision latents NaN."""
+  return {**batch, "vis_latent": np.full_like(batch["vis_latent"], np.nan)}
+
+
+def _run(config, state, step_fn, data_iter, bsh, save, log, preempt) -> list[dict[str, Any]]:
   t = config.train
-  start = int(jax.device_get(state.step))
+  start = done = int(jax.device_get(state.step))
   logging.info("training steps %d -> %d", start, t.steps)
-  bar, records = _progress(t.steps, start), []
-  first = True
+  bar, records = metrics_lib.progress(t.steps, start), []
+  guard, poison = nan_guard.NanGuard(config), set(t.get("debug_nan_steps", ()) or ())
+  first, stop, preempted = True, None, False
   for step in range(start, t.steps):
-    batch = _to_global(next(data_iter), bsh)
+    provenance = pipeline.state_to_json(data_iter.get_state())  # reproduces the next batch
+    local = next(data_iter)
+    batch = _to_global(_poisoned(local) if step + 1 in poison else local, bsh)
     t0 = time.perf_counter()
     state, metrics = step_fn(state, batch)
     if first:  # block once so the compile lands in compile_s, not in the throughput window
       jax.block_until_ready(metrics)
-    log.add(metrics, time.perf_counter() - t0 if first else None)
     first, done = False, step + 1
+    stop = guard.push(done, metrics, provenance)  # checks the previous step (no stall)
+    log.add(metrics, time.perf_counter() - t0 if done == start + 1 else None)
     if done % t.log_every == 0 or done == t.steps:
       records.append(log.flush(done))
     if done % t.ckpt_every == 0 or done == t.steps:
       t0 = time.perf_counter()
-      ckpt.save(done, state, pipeline.state_to_json(data_iter.get_state()), config)
+      save(done, state)
       log.pause(time.perf_counter() - t0)  # the save's blocking part is not step time
+    if t.get("sample_every", 0) and done % t.sample_every == 0:  # sample grids to TensorBoard
+      log.pause(sample_tb.log_samples(config, state, log.tb, save.tokenizer_proto, done))
     if bar is not None:
       bar.update(1)
+    preempted = preempt.reached(done)
+    if stop or preempted:
+      break
   if bar is not None:
     bar.close()
+  stop = stop or guard.drain()
+  if (stop or preempted) and done > start:
+    if log.pending:
+      records.append(log.flush(done))
+    save(done, state)  # params are the last finite ones: skipped steps leave them untouched
+    save.ckpt.wait_until_finished()
+  if stop:
+    raise nan_guard.NonFiniteError(
+        f"{stop}. Stopped with a checkpoint of step {done} in {save.ckpt.directory} (its"
+        " parameters are the last finite ones).")
+  if preempted:
+    logging.warning("preemption: saved a checkpoint of step %d in %s; exiting cleanly. Rerun"
+                    " the same command to resume.", done, save.ckpt.directory)
   return records
