@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mogao_jax import quiet_logs
 from mogao_jax.sample import options
 
 def define_flags() -> None:
@@ -136,6 +137,7 @@ def html_ok(ok) -> str:
 
 
 def main(argv):
+  quiet_logs.install()
   options.workdir_or_usage_error(argv)
   f = options.FLAGS
   kw = dict(sc=options.sample_config(), batch_size=f.batch_size, seed=f.seed)

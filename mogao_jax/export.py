@@ -20,6 +20,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mogao_jax import quiet_logs
+
 FORMATS = ("torch", "hf-qwen2")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training workdir holding checkpoints/")
@@ -79,6 +81,7 @@ def export(workdir: str, fmt: str, out: str, step: int | None = None,
 
 
 def main(argv):
+  quiet_logs.install()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
   for flag in (_WORKDIR, _OUT):

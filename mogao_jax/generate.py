@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mogao_jax import quiet_logs
 from mogao_jax.sample import options
 
 def define_flags() -> None:
@@ -27,6 +28,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  quiet_logs.install()
   options.workdir_or_usage_error(argv)
   f = options.FLAGS
   from mogao_jax.data import documents  # pylint: disable=g-import-not-at-top

@@ -4,7 +4,6 @@ Any config value can be overridden, e.g. ``--config.train.steps=200``; an unknow
 of the wrong type fails at flag parsing, naming the key, before JAX does any work.
 """
 
-import logging as std_logging
 import os
 import pathlib
 
@@ -12,6 +11,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from mogao_jax import quiet_logs
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 _DEFAULT_CONFIG = _REPO / "experiments" / "tiny_cpu.py"
@@ -31,16 +32,8 @@ def _workdir() -> str:
   return os.path.join("runs", pathlib.Path(path.split(":")[0]).stem)
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of orbax / grain (dozens of lines per checkpoint); keeps warnings."""
-
-  def filter(self, record):
-    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
-    return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_logs.install()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
   # Imported here so flag errors (bad config keys) fail fast, before JAX loads.
