@@ -1,5 +1,5 @@
-"""Shared test setup: 8 simulated CPU devices, a persistent compile cache, tiny configs
-(defined in tests/configs.py, re-exported here).
+"""Shared test setup: 8 simulated CPU devices, a persistent compile cache, the tiny config
+fixture (test configs live in tests/configs.py).
 
 The environment must be set before JAX is imported anywhere, hence at the top of this file.
 """
@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 import pytest  # noqa: E402
 
-from tests.configs import REPO, TINY_CPU, load_config, shrink_config, tiny_config  # noqa: E402,F401
+from tests.configs import REPO, tiny_config  # noqa: E402
 
 
 # Repeat test runs skip XLA compiles: cache every compiled program, however fast it compiled.

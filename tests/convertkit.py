@@ -9,7 +9,7 @@ from mogao_jax.convert import qwen2
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.train import step
 from tests import rowkit
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 VOCAB = 96
 

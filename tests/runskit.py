@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 STEPS = 3
 SEEDS = (0, 1, 2)

@@ -11,7 +11,7 @@ import pytest
 
 from mogao_jax import compare
 from tests import runskit
-from tests.conftest import REPO
+from tests.configs import REPO
 
 
 @pytest.fixture

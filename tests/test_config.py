@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.configs import REPO
 
 
 def _run(*args, cwd=REPO):
@@ -28,7 +28,7 @@ def test_bad_override_names_the_key(tmp_path, flag, needle):
 
 def test_shrunk_config_keeps_the_schema(config):
   # The test config must stay a valid override of the real one: same keys, same types.
-  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  from tests.configs import load_config  # pylint: disable=g-import-not-at-top
   full = load_config().to_dict()
   small = config.to_dict()
   assert full.keys() == small.keys()

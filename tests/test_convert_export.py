@@ -20,7 +20,7 @@ from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import checkpoint, optimizer
 from tests import convertkit as kit
 from tests import rowkit
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 RTOL = 1e-4
 GRID = 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mogao_jax.convert import mapping, tensors
-from tests.conftest import REPO
+from tests.configs import REPO
 
 
 @pytest.mark.parametrize("kind, ours_shape", [

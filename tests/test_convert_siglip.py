@@ -64,7 +64,7 @@ def test_mogao_vit_slots_match_transformers(tower, tmp_path_factory):
   from mogao_jax.convert import init as convert_init
   from mogao_jax.data.images import patchify
   from tests import rowkit
-  from tests.conftest import tiny_config
+  from tests.configs import tiny_config
   hf = tower[0]
   path = str(tmp_path_factory.mktemp("siglip_model"))
   hf.save_pretrained(path)

@@ -13,7 +13,7 @@ from mogao_jax.sample import sampling
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 KINDS = ("t2i", "edit", "story", "vqa", "caption")
 

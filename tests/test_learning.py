@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from mogao_jax.train import loop
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 
 def test_200_steps_lower_both_losses(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from mogao_jax.data.batch import Kind
 from mogao_jax.train import step
 from tests import modelkit, rowkit
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 GRID = 2
 

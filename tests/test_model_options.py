@@ -10,7 +10,7 @@ import pytest
 
 from mogao_jax.data import pipeline
 from mogao_jax.train import step
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 
 @pytest.fixture(scope="module")

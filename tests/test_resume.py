@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from mogao_jax.train import loop
-from tests.conftest import REPO, tiny_config
+from tests.configs import REPO, tiny_config
 
 _OVERRIDES = dict(steps=8, ckpt_every=2, log_every=1, keep_checkpoints=2)
 _CONFIG_FILE = '''
 import sys
 sys.path.insert(0, {repo!r})
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ from mogao_jax.sample import cache as cache_lib
 from mogao_jax.sample import engine, sampling, slots
 from mogao_jax.train import step
 from tests import modelkit
-from tests.conftest import tiny_config
+from tests.configs import tiny_config
 
 IMAGE, PATCH = 16, 4
 # float32 tolerance of cached vs full logits: the same maths, summed in a different order
@@ -218,11 +218,13 @@ def test_token_filters():
 def test_batch_equals_single_runs_and_is_deterministic(setup):
   make = setup[4]
   sc = sampling.SampleConfig(steps=2, temperature=1.0, top_k=8)
-  scripts = [[documents.Text("ab"), engine.Decode(4)], [documents.Text("xyz"), engine.Gen()]]
-  pair = make(batch_size=2, sc=sc)
-  batch = pair.run(scripts, uids=[7, 8])
+  scripts = [[documents.Text("ab"), engine.Decode(4)], [documents.Text("xyz"), engine.Gen()],
+             [documents.Text("q"), engine.Decode(3)], [documents.Text("mn"), engine.Gen()]]
+  uids = [7, 8, 9, 10]
+  four = make(batch_size=4, sc=sc)
+  batch = four.run(scripts, uids=uids)
   single = make(batch_size=1, sc=sc)
-  for script, uid, got in zip(scripts, [7, 8], batch):
+  for script, uid, got in zip(scripts, uids, batch):
     want = single.run([script], uids=[uid])[0]
     assert [r for r, _ in got] == [r for r, _ in want]
     for (_, a), (_, b) in zip(got, want):
@@ -230,7 +232,7 @@ def test_batch_equals_single_runs_and_is_deterministic(setup):
         assert a.text == b.text
       else:
         assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= 1
-  again = pair.run(scripts, uids=[7, 8])
+  again = four.run(scripts, uids=uids)
   assert again[0][-1][1].text == batch[0][-1][1].text
   np.testing.assert_array_equal(again[1][-1][1].pixels, batch[1][-1][1].pixels)
 

@@ -7,7 +7,7 @@ import pytest
 
 from mogao_jax import config_args
 from mogao_jax import sweep
-from tests.conftest import REPO, TINY_CPU
+from tests.configs import REPO, TINY_CPU
 
 _EXPERIMENT = '''
 import importlib.util
@@ -41,7 +41,7 @@ def _cli(*args):
 # --- config arguments -------------------------------------------------------------------------
 
 def test_config_args_default_is_the_plain_config():
-  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  from tests.configs import load_config  # pylint: disable=g-import-not-at-top
   module = sweep.load_experiment(str(TINY_CPU))
   plain = load_config().to_dict()
   assert module.get_config("size=tiny,res=32,batch=16").to_dict() == plain
