@@ -152,6 +152,9 @@ def _base() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # t2i sample grids to TensorBoard every N steps (0 = off)
   c.train.max_nan_skips = 5  # consecutive non-finite steps (each skipped) that stop the run
   c.train.debug_nan_steps = ()  # test hook: steps whose batch is poisoned with NaN
+  # Microbatches per step (lax.scan inside the step; one optimizer update, loss normalised
+  # over the whole batch): data.batch_size must be a multiple of it x the batch devices.
+  c.train.grad_accum_steps = 1
 
   # --- parallelism: mesh axis sizes (-1 = the rest of the devices) and logical->mesh rules,
   # first match wins.

@@ -57,6 +57,9 @@ def validate(config) -> None:
   bs, n = config.data.batch_size, jax.process_count()
   if bs % n:
     raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
+  k = step_lib.grad_accum_steps(config)
+  if bs % k:
+    raise ValueError(f"data.batch_size = {bs} is not divisible by train.grad_accum_steps = {k}")
 
 
 def _check_batch_split(config, mesh, rules) -> None:
@@ -65,6 +68,12 @@ def _check_batch_split(config, mesh, rules) -> None:
     raise ValueError(
         f"data.batch_size = {config.data.batch_size} does not split over the {ways} devices"
         f" of the 'batch' rule in mesh.rules (mesh {dict(mesh.shape)})")
+  k = step_lib.grad_accum_steps(config)
+  if config.data.batch_size % (ways * k):  # every microbatch must split over the devices too
+    raise ValueError(
+        f"data.batch_size = {config.data.batch_size} does not split into"
+        f" train.grad_accum_steps = {k} microbatches of whole rows on each of the {ways} devices"
+        f" of the 'batch' rule (needs a multiple of {ways * k})")
 
 
 def _zero_batch(config) -> dict[str, np.ndarray]:

@@ -100,16 +100,18 @@ def per_slot_losses(model, params, batch, t_BN, noise_BVC):
   return ce_BT, se_BV
 
 
-def loss_fn(params, model, batch, t_BN, noise_BVC, loss_cfg):
+def loss_fn(params, model, batch, t_BN, noise_BVC, loss_cfg, counts=None):
   """Both losses normalised by the GLOBAL count of loss tokens.
 
   Under jit the batch is one global array sharded over devices, so these sums and counts are
   over all devices (XLA inserts the all-reduces): a token-weighted mean, not a mean of
-  per-device means.
+  per-device means. ``counts`` = (text, image) loss-token counts of the whole global batch when
+  ``batch`` is one microbatch of it (gradient accumulation): the microbatch losses then add up
+  to the full batch's loss exactly.
   """
   ce_BT, se_BV = per_slot_losses(model, params, batch, t_BN, noise_BVC)
   w_txt, w_vis = batch["txt_loss_w"], batch["vis_loss_w"]
-  n_txt, n_img = jnp.sum(w_txt), jnp.sum(w_vis)
+  n_txt, n_img = loss_counts(batch) if counts is None else counts
   text_loss = jnp.sum(ce_BT * w_txt) / jnp.maximum(n_txt, 1.0)
   flow_loss = jnp.sum(se_BV * w_vis) / jnp.maximum(n_img, 1.0)
   loss = loss_cfg.text_weight * text_loss + loss_cfg.image_weight * flow_loss
@@ -117,6 +119,60 @@ def loss_fn(params, model, batch, t_BN, noise_BVC, loss_cfg):
   metrics = dict(loss=loss, text_loss=text_loss, flow_loss=flow_loss, n_text_tokens=n_txt,
                  n_image_tokens=n_img, n_real_tokens=n_real.astype(jnp.float32))
   return loss, metrics
+
+
+def loss_counts(batch):
+  """(text, image) loss-token counts: the denominators of loss_fn."""
+  return jnp.sum(batch["txt_loss_w"]), jnp.sum(batch["vis_loss_w"])
+
+
+def grad_accum_steps(config) -> int:
+  """``train.grad_accum_steps`` (default 1), validated."""
+  k = config.train.get("grad_accum_steps", 1)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    raise ValueError(f"train.grad_accum_steps = {k!r}: must be a positive int (1 = off)")
+  return k
+
+
+def _microbatches(tree, k: int):
+  """[B, ...] leaves -> [k, B/k, ...], microbatch j = rows j, j+k, j+2k, ...
+
+  Strided, not contiguous: with the batch sharded in contiguous blocks over devices, every
+  device then holds its share of every microbatch, so each microbatch runs on all devices
+  with no data movement (contiguous slices would put microbatch 0 on the first devices only).
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree.map(split, tree)
+
+
+def accumulated_grads(params, model, batch, t_BN, noise_BVC, loss_cfg, k: int):
+  """(metrics, grads) of loss_fn over the whole batch, computed in k microbatches.
+
+  A lax.scan over microbatches keeps one microbatch's activations alive at a time. Each
+  microbatch's losses are divided by the global token counts, so the sums over microbatches are
+  the globally normalised loss and its gradient (not a mean of per-microbatch means).
+  """
+  b = batch["txt_kind"].shape[0]
+  if b % k:
+    raise ValueError(f"data.batch_size = {b} (rows per step) is not divisible by"
+                     f" train.grad_accum_steps = {k}")
+  counts = loss_counts(batch)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  sums = ("loss", "text_loss", "flow_loss", "n_real_tokens")
+
+  def body(carry, mb):
+    g_acc, m_acc = carry
+    mb_batch, mb_t, mb_noise = mb
+    (_, m), g = grad_fn(params, model, mb_batch, mb_t, mb_noise, loss_cfg, counts)
+    g_acc = jax.tree.map(jnp.add, g_acc, g)
+    return (g_acc, {key: m_acc[key] + m[key] for key in sums}), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, params), {key: jnp.zeros((), jnp.float32) for key in sums})
+  (grads, metrics), _ = jax.lax.scan(body, zeros, _microbatches((batch, t_BN, noise_BVC), k))
+  metrics.update(n_text_tokens=counts[0], n_image_tokens=counts[1])
+  return metrics, grads
 
 
 def _guarded_update(state: TrainState, ok, params, opt_state, decay: float) -> TrainState:
@@ -139,16 +195,23 @@ def _guarded_update(state: TrainState, ok, params, opt_state, decay: float) -> T
 def make_train_step(config, model, tx):
   """train_step(state, batch) -> (state, metrics); jit it with shardings in the loop.
 
+  ``train.grad_accum_steps`` = k > 1 computes the gradient in k microbatches of the global
+  batch (accumulated_grads) and still makes one optimizer update per step.
   A non-finite loss or gradient norm skips the update (step still advances: the batch was
   consumed); metrics ``skipped`` (0/1) and ``nan_run`` (consecutive skips) report it.
   """
   flow_cfg, loss_cfg, decay = config.flow, config.loss, ema_decay(config)
+  k = grad_accum_steps(config)
 
   def train_step(state: TrainState, batch: dict):
     # fold_in keeps the noise of step k a pure function of (seed, k): exact resume for free.
     t_BN, noise_BVC = draw_noise(jax.random.fold_in(state.rng, state.step), batch, flow_cfg)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, t_BN, noise_BVC, loss_cfg)
+    if k == 1:
+      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+      (_, metrics), grads = grad_fn(state.params, model, batch, t_BN, noise_BVC, loss_cfg)
+    else:  # noise drawn for the whole batch above: k microbatches see what k = 1 would
+      metrics, grads = accumulated_grads(state.params, model, batch, t_BN, noise_BVC,
+                                         loss_cfg, k)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)

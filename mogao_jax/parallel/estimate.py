@@ -1,0 +1,147 @@
+"""Analytic memory per chip for a config at a size too big to compile here.
+
+  python -m mogao_jax.parallel.estimate experiments/mogao_7b_v5p.py 128
+
+Parameters are counted exactly (``jax.eval_shape`` of the model's init: shapes only, nothing is
+allocated) and split per device with the config's own ``mesh.rules`` over ``mesh.shape``
+resolved for the given device count (no devices needed). Activations are a formula, not a
+measurement; it models what dominates in this model and ignores XLA's temporaries, fusion and
+collective buffers, so treat it as +-30%, and confirm on the real chip with the dry run
+(``--config.dry_run=True``, which reads XLA's compiled memory analysis).
+
+Per device, in bytes:
+
+* state: float32 params + Adam mu + nu + the float32 gradient = 16 bytes per local parameter;
+* gathered weights: FSDP all-gathers one layer's weights (both pathways) in the compute dtype,
+  counted twice (the layer in use + the next one prefetched);
+* saved activations: per layer and token of a microbatch (rows / (batch devices x
+  grad_accum_steps)), what the remat policy keeps for the backward pass: ``full`` the layer
+  input; ``dots`` also every weight matmul's output (q, k, v, o, gate, up, down); ``none`` also
+  the attention probabilities and the MLP's elementwise intermediates; head and MLP dimensions
+  split over the tensor axis;
+* transient: one layer recomputed in the backward pass (its attention scores and probabilities
+  in float32: attention runs as plain XLA, [heads, L, L] per row) and the float32 logits with
+  their softmax and gradient ([l_txt, vocab / tensor] per row);
+* the SigLIP tower (``model.vit = "siglip"``) is not rematted: all its layers' activations and
+  attention probabilities over the l_txt slots are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from mogao_jax.data import batch as batch_lib
+from mogao_jax.parallel import mesh as mesh_lib
+from mogao_jax.parallel import rules as rules_lib
+
+GIB = 2**30
+
+
+def _ways(axes, sizes) -> int:
+  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(sizes[a] for a in names)
+
+
+def parameter_split(config, num_devices: int) -> dict:
+  """Exact parameter count, per-device parameter count and replicated count under the config's
+  rules on ``mesh.shape`` resolved for ``num_devices`` (shapes only; no devices, no compile)."""
+  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  names, sizes = mesh_lib.resolve_mesh_shape(config.mesh.shape, num_devices)
+  sizes = dict(zip(names, sizes))
+  rules = list(rules_lib.make_rules(config))
+  model = step_lib.make_model(config)
+  batch = step_lib.example_batch(config, batch_size=1)
+  vis_t = np.ones(batch["vis_kind"].shape, np.float32)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), batch_lib.model_inputs(batch),
+                                            vis_t)["params"])
+  logical = nn.get_partition_spec(boxed)
+  shapes = nn.unbox(boxed)
+  flat_s = jax.tree.leaves(shapes)
+  flat_l = jax.tree.leaves(logical, is_leaf=lambda x: x is None or
+                           isinstance(x, jax.sharding.PartitionSpec))
+  total = local = replicated = 0
+  layer_params = 0  # parameters of one scanned layer (both pathways), for the FSDP gather
+  for s, lg in zip(flat_s, flat_l):
+    n = math.prod(s.shape)
+    spec = tuple(nn.logical_to_mesh_axes(tuple(lg or ()), rules)) if lg else ()
+    spec = spec + (None,) * (len(s.shape) - len(spec))
+    per = math.prod(-(-d // _ways(a, sizes)) for d, a in zip(s.shape, spec))
+    total, local = total + n, local + per
+    replicated += n if (per == n and num_devices > 1) else 0
+    if lg and lg[0] == "layers":
+      layer_params += n // s.shape[0]
+  return dict(mesh=sizes, params=total, params_per_device=local, replicated=replicated,
+              replicated_fraction=replicated / total, layer_params=layer_params)
+
+
+def memory_per_device(config, num_devices: int) -> dict:
+  """GiB per device by component (see the module docstring), and the parameter counts."""
+  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  split = parameter_split(config, num_devices)
+  sizes, m, d = split["mesh"], config.model, config.data
+  act = np.dtype(m.dtype).itemsize
+  rules = list(rules_lib.make_rules(config))
+  batch_axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
+  tensor = _ways(nn.logical_to_mesh_axes(("heads",), rules)[0], sizes)
+  k = step_lib.grad_accum_steps(config)
+  rows = d.batch_size / (_ways(batch_axes, sizes) * k)  # rows per device per microbatch
+  seq = d.l_txt + d.l_vis  # both streams run through every layer (joint attention)
+  heads_w = m.num_heads * m.head_dim / tensor
+  kv_w = m.num_kv_heads * m.head_dim / tensor
+  mlp_w = m.mlp_dim / tensor
+  per_token = {  # bytes saved per token per layer, by remat policy
+      "full": m.width * act,
+      "dots": (2 * m.width + heads_w + 2 * kv_w + m.width + 3 * mlp_w) * act,
+  }
+  probs = m.num_heads / tensor * seq * seq * 4  # one row's float32 attention probabilities
+  per_token["none"] = per_token["dots"] + (2 * mlp_w + 4 * m.width) * act + probs / seq
+  saved = rows * seq * per_token[m.remat] * m.depth
+  transient = rows * (3 * probs + seq * (per_token["none"] - probs / seq))  # one layer again
+  vocab = m.vocab_size / _ways(nn.logical_to_mesh_axes(("vocab",), rules)[0], sizes)
+  logits = rows * d.l_txt * vocab * 4 * 3
+  vit = 0.0
+  if m.get("vit", "tiny") == "siglip":
+    vit_probs = m.vit_heads * d.l_txt * d.l_txt * 4
+    vit = rows * m.vit_depth * (d.l_txt * (6 * m.vit_width + 2 * m.vit_mlp_dim) * act
+                                + 2 * vit_probs)
+  out = dict(
+      state=16 * split["params_per_device"],
+      gathered_weights=2 * split["layer_params"] * act,
+      saved_activations=saved, transient=transient, logits=logits, vit_activations=vit)
+  gib = {key: v / GIB for key, v in out.items()}
+  gib["total"] = sum(gib.values())
+  return dict(split, rows_per_device=rows, gib=gib)
+
+
+def format_estimate(est: dict) -> str:
+  g = est["gib"]
+  lines = [f"mesh {est['mesh']}: {est['params'] / 1e9:.2f}B parameters,",
+           f"{est['params_per_device'] / 1e6:.1f}M per device, "
+           f"{est['replicated_fraction']:.2%} replicated; "
+           f"{est['rows_per_device']:g} rows per device per microbatch"]
+  lines += [f"  {key:<18} {v:8.2f} GiB" for key, v in g.items()]
+  return "\n".join(lines)
+
+
+def load_experiment(path: str):
+  """``get_config()`` of an experiment file (experiments/ is not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main(argv) -> None:
+  path, n = argv[1], int(argv[2])
+  print(format_estimate(memory_per_device(load_experiment(path), n)))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
