@@ -13,4 +13,4 @@ ensure_venv test,torch,hf  # torch + transformers/diffusers: the conversion pari
 workers="${PYTEST_XDIST:-0}"
 xdist=()
 [[ "$workers" != 0 ]] && xdist=(-n "$workers")
-exec python -m pytest -q "${xdist[@]}" "$@"
+exec python -m pytest -q --durations=15 "${xdist[@]}" "$@"
