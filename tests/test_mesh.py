@@ -79,3 +79,11 @@ def test_activate_applies_logical_constraints(config):
 
 def test_distributed_is_opt_in(config):
   assert not mesh_lib.maybe_initialize_distributed(config)
+
+
+def test_batch_not_dividing_data_times_fsdp_fails_at_start(config, tmp_path):
+  from mogao_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = _with_shape(config, data=2, fsdp=4, tensor=1)
+  config.data.batch_size = 12
+  with pytest.raises(ValueError, match=r"data.batch_size = 12 does not split over the 8 devices"):
+    loop.train(config, str(tmp_path))
