@@ -1,0 +1,144 @@
+"""Train-step time, tokens/s and MFU of the real jitted train step on one device.
+
+  python -m benchmarks.step [--config experiments/tiny_cpu.py:size=tiny] [--repeats 5]
+
+MFU = analytic model FLOPs per step (benchmarks/flops.py, real slots and the mask's real
+density) / step time / peak; on CPU the peak is the measured f32 matmul rate of this process.
+"padded MFU" counts what the dense program executes (every slot, full L x L attention): the
+gap between the two is what padding and masked-out attention cost. XLA's own count of the
+compiled step (cost_analysis) is shown next to the padded count as a cross-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import common, flops
+from mogao_jax.model.config import ModelConfig
+from mogao_jax.train import optimizer as optim_lib
+from mogao_jax.train import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PARTS = ("text_pathway", "vision_pathway", "attention", "vit", "lm_head")
+
+
+def load_config(spec: str):
+  """'path.py[:arg]' -> get_config(arg) (experiments/ is not a package)."""
+  path, _, arg = spec.partition(":")
+  mod_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def pipeline_batch(config, workdir: str) -> dict:
+  """One real packed batch (real packing density and mask density)."""
+  from mogao_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return next(pipeline.make_pipeline(config, pipeline.make_tokenizer(config, workdir)))
+
+
+def compile_step(config, batch):
+  """(jitted step, initial state) on the default device; the first call compiles."""
+  model = step_lib.make_model(config)
+  tx, _ = optim_lib.make_optimizer(config)
+  state = jax.jit(lambda k, b: step_lib.init_state(config, model, tx, k, b))(
+      jax.random.key(config.seed), batch)
+  step = jax.jit(step_lib.make_train_step(config, model, tx), donate_argnums=0)
+  return step, state
+
+
+def xla_flops(config, batch) -> float:
+  """XLA's FLOP count of the compiled step. cost_analysis counts a while loop's body once, so
+  with scan_layers it would see 1 of `depth` layers: count an unscanned copy instead (the same
+  computation, only unrolled; this compile is for the count, it is not timed)."""
+  if config.model.scan_layers:
+    config = config.copy_and_resolve_references()
+    config.model.scan_layers = False
+  model = step_lib.make_model(config)
+  tx, _ = optim_lib.make_optimizer(config)
+  state = jax.eval_shape(lambda k, b: step_lib.init_state(config, model, tx, k, b),
+                         jax.random.key(0), batch)
+  cost = jax.jit(step_lib.make_train_step(config, model, tx)).lower(state, batch).compile(
+      ).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def time_steps(step, state, batch, repeats: int, warmup: int = 1) -> list[float]:
+  """Seconds per step; the state is threaded through (it is donated, so it cannot be reused)."""
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  common.block(metrics)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    common.block((state.step, metrics))
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def measure(config, batch: dict, repeats: int = 5, peak: tuple[float, str] | None = None,
+            name: str = "") -> dict:
+  """One results row for `config` on `batch` (numpy)."""
+  mcfg = ModelConfig.from_config(config.model)
+  real = flops.step_flops(batch, mcfg)
+  dense = flops.step_flops(batch, mcfg, padded=True)
+  c = flops.counts(batch, mcfg)
+  dev_batch = jax.device_put(batch)
+  step, state = compile_step(config, dev_batch)
+  xla = xla_flops(config, dev_batch)
+  times = time_steps(step, state, dev_batch, repeats)
+  t = statistics.median(times)
+  peak_rate, peak_what = peak or common.peak_flops()
+  row = {"config": name, "rows": c["rows"], "slots": c["rows"] * (c["l_txt"] + c["l_vis"]),
+         "real_tokens": c["txt"] + c["vis"], "step_ms": 1e3 * t,
+         "step_ms_min": 1e3 * min(times), "tokens/s": (c["txt"] + c["vis"]) / t,
+         "model_GFLOP": real["total"] / 1e9, "padded_GFLOP": dense["total"] / 1e9,
+         "xla_GFLOP": xla / 1e9, "xla/padded": xla / dense["total"],
+         "GFLOP/s": real["total"] / t / 1e9, "peak_GFLOP/s": peak_rate / 1e9,
+         "MFU": real["total"] / t / peak_rate, "padded_MFU": dense["total"] / t / peak_rate,
+         "peak": peak_what, "mask_density": c["pairs"] / (c["rows"] * (c["l_txt"]
+                                                                        + c["l_vis"]) ** 2)}
+  row.update({f"share_{p}": real[p] / real["total"] for p in PARTS})
+  return row
+
+
+MAIN_COLUMNS = ["config", "rows", "real_tokens", "slots", "mask_density", "step_ms",
+                "step_ms_min", "tokens/s", "model_GFLOP", "padded_GFLOP", "xla_GFLOP",
+                "xla/padded", "GFLOP/s", "peak_GFLOP/s", "MFU", "padded_MFU"]
+SHARE_COLUMNS = ["config"] + [f"share_{p}" for p in PARTS]
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", action="append",
+                 help="experiment file[:arg]; repeatable (default: tiny_cpu micro/tiny/small)")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--workdir", default=str(REPO / "runs" / "bench"), help="tokenizer cache")
+  args = p.parse_args(argv)
+  specs = args.config or [f"experiments/tiny_cpu.py:size={s}" for s in ("micro", "tiny", "small")]
+  peak = common.peak_flops()
+  rows = []
+  for spec in specs:
+    config = load_config(spec)
+    rows.append(measure(config, pipeline_batch(config, args.workdir), args.repeats, peak,
+                        name=spec.partition(":")[2] or spec))
+  print(common.header("Train step: time, tokens/s, MFU"))
+  print(common.table(rows, MAIN_COLUMNS))
+  print()
+  print("Shares of the model FLOPs (fwd+bwd, real slots):\n")
+  print(common.table(rows, SHARE_COLUMNS))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

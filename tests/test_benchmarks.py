@@ -1,0 +1,110 @@
+"""The benchmark harness in a tiny form: tables have their columns, and the analytic FLOP count
+is right on a row small enough to count by hand. No timing is asserted anywhere."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import common, ectf_scaling, flops, memory
+from benchmarks import pipeline as bench_pipeline
+from benchmarks import step as bench_step
+from mogao_jax.model.config import ModelConfig
+from mogao_jax.train import optimizer as optim_lib
+from mogao_jax.train import step as step_lib
+from tests import rowkit
+
+
+def _hand_batch(config, l_txt=8, l_vis=8):
+  """One document: 3 text tokens (T = 0, 1, 2), then a 2x2 image with a noisy copy only (T = 3)."""
+  m = config.model
+  doc = [("txt", [5, 6, 7]), ("img", 1, 2, "N", np.zeros((4, m.latent_dim), np.float32))]
+  return rowkit.stack([rowkit.build_row([doc], l_txt, l_vis, m.patch_dim, m.latent_dim)])
+
+
+def test_flops_by_hand(config):
+  mcfg = ModelConfig.from_config(config.model)
+  assert (mcfg.width, mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim, mcfg.mlp_dim,
+          mcfg.depth, mcfg.vocab_size) == (32, 2, 1, 16, 64, 2, 128)
+  b = _hand_batch(config)
+  c = flops.counts(b, mcfg)
+  # Text: causal over 3 tokens = 1 + 2 + 3 pairs. Each of the 4 NVAE patches reads the 3 text
+  # tokens (earlier T) and the 4 patches of its own image (mask_same NVAE -> NVAE).
+  assert (c["txt"], c["vis"], c["vit"], c["pairs"], c["vit_pairs"]) == (3, 4, 0, 6 + 4 * 7, 0)
+  # Per token per layer: q 2*32*32, k and v 2*32*16 each, o 2*32*32; SwiGLU 3 * 2*32*64.
+  per_tok = 2048 + 1024 + 1024 + 2048 + 12288
+  f = flops.step_flops(b, mcfg)
+  assert f["text_pathway"] == 3 * 2 * 3 * per_tok  # x3 fwd+bwd, depth 2, 3 text slots
+  assert f["attention"] == 3 * 2 * 34 * (2 * 2 * 2 * 16)  # q.k and p.v over 2 heads of 16
+  assert f["lm_head"] == 3 * 3 * 2 * 32 * 128
+  assert f["vit"] == 0
+  assert f["total"] == sum(v for k, v in f.items() if k != "total")
+  dense = flops.step_flops(b, mcfg, padded=True)
+  assert dense["attention"] == 3 * 2 * 16 ** 2 * 128  # every pair of the 16 slots
+
+
+def test_pathway_count_matches_the_parameters(config):
+  """Independent check: a pathway's matmul FLOPs per token = 2 x its kernels' sizes."""
+  model = step_lib.make_model(config)
+  tx, _ = optim_lib.make_optimizer(config)
+  b = _hand_batch(config)
+  state = jax.eval_shape(lambda k: step_lib.init_state(config, model, tx, k, b),
+                         jax.random.key(0))
+  txt = state.params["stack"]["layers"]["txt"]
+  kernels = sum(math.prod(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(txt)
+                if "kernel" in jax.tree_util.keystr(path))
+  mcfg = ModelConfig.from_config(config.model)
+  assert flops.pathway_matmul_per_token(mcfg) * mcfg.depth == 2 * kernels
+
+
+def test_step_table(config):
+  one = {k: v[0] for k, v in _hand_batch(config, 64, 64).items()}
+  b = rowkit.stack([one, one])
+  row = bench_step.measure(config, b, repeats=1, peak=(common.cpu_matmul_peak(128, 1), "cpu"),
+                           name="micro")
+  text = common.table([row], bench_step.MAIN_COLUMNS)
+  parsed = common.parse_table(text)
+  assert list(parsed[0]) == bench_step.MAIN_COLUMNS and parsed[0]["config"] == "micro"
+  assert row["real_tokens"] == 2 * 7 and row["slots"] == 2 * 128
+  assert 0 < row["MFU"] < row["padded_MFU"]
+  assert math.isclose(sum(row[f"share_{p}"] for p in bench_step.PARTS), 1.0)
+  # XLA's count (unrolled copy) covers the padded matmuls and attention plus elementwise work.
+  assert 1.0 < row["xla/padded"] < 2.0, row["xla/padded"]
+
+
+def test_ectf_table(config):
+  rows = ectf_scaling.run(config, ns=(1, 2), repeats=1)
+  parsed = common.parse_table(common.table(rows, ectf_scaling.COLUMNS))
+  assert [r["N"] for r in parsed] == ["1", "2"]
+  one, two = rows
+  grid = config.model.vit_grid
+  # N = 1: the same single pass. N = 2: ECTF adds the first image's VIT + CVAE copies once;
+  # naive repeats the prompt and the first image in a second pass.
+  assert one["ectf_slots"] == one["naive_slots"] == ectf_scaling.PROMPT + grid ** 2
+  assert two["ectf_slots"] == ectf_scaling.PROMPT + 4 * grid ** 2 + ectf_scaling.BETWEEN
+  assert two["naive_slots"] == one["naive_slots"] + two["ectf_slots"] - grid ** 2
+  assert one["ectf_GFLOP"] == one["naive_GFLOP"] < two["ectf_GFLOP"] < two["naive_GFLOP"]
+  # Outside attention the FLOPs add up per slot: the naive N = 2 passes hold the ECTF row's
+  # slots plus the prompt once more (the first image's noisy copy is in both).
+  m = ModelConfig.from_config(config.model)
+  prompt = 3 * ectf_scaling.PROMPT * (m.depth * flops.pathway_matmul_per_token(m)
+                                      + 2 * m.width * m.vocab_size)
+  assert two["naive_mm_GFLOP"] - two["ectf_mm_GFLOP"] == pytest.approx(prompt / 1e9)
+
+
+def test_memory_table(config):
+  assert jax.device_count() == 8  # conftest
+  rows = memory.run(config, meshes=((8, 1, 1), (1, 8, 1)))
+  assert [r["error"] for r in rows] == ["", ""], rows
+  dp, fsdp = rows
+  assert dp["params/dev_MiB"] == pytest.approx(dp["params_MiB"])
+  assert fsdp["params/dev_MiB"] < dp["params/dev_MiB"] / 2
+  assert list(common.parse_table(common.table(rows, memory.COLUMNS))[0]) == memory.COLUMNS
+
+
+def test_pipeline_table(config, tmp_path):
+  row = bench_pipeline.measure(config, str(tmp_path), batches=2, name="tiny")
+  assert list(common.parse_table(common.table([row], bench_pipeline.COLUMNS))[0]) == \
+      bench_pipeline.COLUMNS
+  assert row["examples/s"] > 0 and 0 < row["eff_txt"] <= 1 and 0 < row["eff_vis"] <= 1
