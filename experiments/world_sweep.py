@@ -7,7 +7,6 @@ Config arguments: those of tiny_cpu.py (size, res, batch; here micro / 16 px / 8
 default) plus steps (train.steps; the schedule's warmup is a tenth of it).
 """
 
-import importlib.util
 import pathlib
 
 from mogao_jax import config_args
@@ -15,11 +14,7 @@ from mogao_jax import sweep
 
 
 def _tiny_cpu():
-  path = pathlib.Path(__file__).with_name("tiny_cpu.py")
-  spec = importlib.util.spec_from_file_location("tiny_cpu", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_args.load_experiment(pathlib.Path(__file__).with_name("tiny_cpu.py"))
 
 
 def get_config(arg=None):

@@ -8,6 +8,9 @@ once, naming the key. No JAX import here: flag parsing must stay fast.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -68,3 +71,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def check_choice(args, key: str, choices) -> None:
   if args[key] not in choices:
     raise ValueError(f"config argument {key}={args[key]!r}: must be one of {list(choices)}")
+
+
+def load_experiment(path):
+  """The module of an experiment file, by path (experiments/ is not a package): how one
+  experiment builds on another, e.g. ``load_experiment(Path(__file__).with_name("tiny_cpu.py"))``."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

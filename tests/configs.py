@@ -1,8 +1,9 @@
 """Test configs without side effects (conftest.py also sets up JAX for the test process;
 subprocess workers with their own device counts import this module instead)."""
 
-import importlib.util
 import pathlib
+
+from mogao_jax import config_args
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CPU = REPO / "experiments" / "tiny_cpu.py"
@@ -10,10 +11,7 @@ TINY_CPU = REPO / "experiments" / "tiny_cpu.py"
 
 def load_config(path=TINY_CPU):
   """``get_config()`` of an experiment file, by path (experiments/ is not a package)."""
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_args.load_experiment(path).get_config()
 
 
 def shrink_config(config):
