@@ -155,6 +155,7 @@ def _base() -> ml_collections.ConfigDict:
   # Microbatches per step (lax.scan inside the step; one optimizer update, loss normalised
   # over the whole batch): data.batch_size must be a multiple of it x the batch devices.
   c.train.grad_accum_steps = 1
+  c.train.offload_opt_state = False  # keep Adam state in pinned host memory between steps
 
   # --- parallelism: mesh axis sizes (-1 = the rest of the devices) and logical->mesh rules,
   # first match wins.

@@ -30,9 +30,10 @@ def run_steps(config, batches, devices=None):
     first = place(batches[0])
     specs = step_lib.state_logical_specs(config, model, tx, first)
     shardings = rules_lib.logical_to_sharding(specs, mesh, rules)
+    shardings, opt_on_device = step_lib.offload_opt_state(config, shardings)  # as the loop
     state = jax.jit(lambda k, b: step_lib.init_state(config, model, tx, k, b),
                     out_shardings=shardings)(jax.random.key(config.seed), first)
-    step = jax.jit(step_lib.make_train_step(config, model, tx),
+    step = jax.jit(step_lib.make_train_step(config, model, tx, opt_on_device),
                    in_shardings=(shardings, bsh), out_shardings=(shardings, None))
     history = []
     for b in batches:

@@ -167,7 +167,9 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
       state, shardings = _init_or_restore(config, model, tx, ckpt, mesh, rules, example,
                                           data_iter)
       replicated = NamedSharding(mesh, PartitionSpec())  # the scalar metrics
-      step_fn = jax.jit(step_lib.make_train_step(config, model, tx),
+      shardings, opt_on_device = step_lib.offload_opt_state(config, shardings)
+      state = jax.device_put(state, shardings) if opt_on_device is not None else state
+      step_fn = jax.jit(step_lib.make_train_step(config, model, tx, opt_on_device),
                         in_shardings=(shardings, bsh), out_shardings=(shardings, replicated),
                         donate_argnums=0)
       saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)

@@ -192,8 +192,24 @@ def _guarded_update(state: TrainState, ok, params, opt_state, decay: float) -> T
       nan_run=jnp.where(ok, 0, state.nan_run + 1), nan_total=state.nan_total + skipped)
 
 
-def make_train_step(config, model, tx):
+def offload_opt_state(config, shardings: TrainState):
+  """(state shardings, optimizer-state device shardings or None) for ``train.offload_opt_state``.
+
+  With it on, the optimizer state lives in pinned host memory between steps (its shardings get
+  memory_kind="pinned_host") and the step moves it to the devices for the update and back, so
+  device memory holds Adam's two moments only during the update. Off: unchanged, None.
+  """
+  if not config.train.get("offload_opt_state", False):
+    return shardings, None
+  host = jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings.opt_state)
+  return shardings.replace(opt_state=host), shardings.opt_state
+
+
+def make_train_step(config, model, tx, opt_device_shardings=None):
   """train_step(state, batch) -> (state, metrics); jit it with shardings in the loop.
+
+  ``opt_device_shardings`` (from offload_opt_state): the optimizer state arrives in host
+  memory and is moved onto these device shardings for the update.
 
   ``train.grad_accum_steps`` = k > 1 computes the gradient in k microbatches of the global
   batch (accumulated_grads) and still makes one optimizer update per step.
@@ -204,6 +220,8 @@ def make_train_step(config, model, tx):
   k = grad_accum_steps(config)
 
   def train_step(state: TrainState, batch: dict):
+    if opt_device_shardings is not None:
+      state = state.replace(opt_state=jax.device_put(state.opt_state, opt_device_shardings))
     # fold_in keeps the noise of step k a pure function of (seed, k): exact resume for free.
     t_BN, noise_BVC = draw_noise(jax.random.fold_in(state.rng, state.step), batch, flow_cfg)
     if k == 1:
