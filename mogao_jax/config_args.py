@@ -77,6 +77,8 @@ def load_experiment(path):
   """The module of an experiment file, by path (experiments/ is not a package): how one
   experiment builds on another, e.g. ``load_experiment(Path(__file__).with_name("tiny_cpu.py"))``."""
   path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"experiment file {str(path)!r} not found")
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

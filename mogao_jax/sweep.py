@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
-import pathlib
 import re
 import shlex
 import subprocess
@@ -58,16 +56,6 @@ def zipped(**axes: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 # --- loading and checking ----------------------------------------------------------------------
-
-def load_experiment(path: str):
-  """The module of an experiment file (``experiments/`` is not a package)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"experiment file {path!r} not found")
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def merge_arg(base: str | None, extra: str | None) -> str:
   """``base`` config argument with the ``key=value`` pairs of ``extra`` replacing its own."""
@@ -188,7 +176,7 @@ def plan(experiment: str, root: str, common: dict[str, Any] | None = None,
          launcher: Sequence[str] = ("python", "-m", "mogao_jax.train")) -> list[dict[str, Any]]:
   """The checked runs of ``experiment`` (``path[:arg]``): name, overrides, workdir, command."""
   path, _, base_arg = experiment.partition(":")
-  module = load_experiment(path)
+  module = config_args.load_experiment(path)
   runs = [dict(r) for r in (module.get_sweep() if hasattr(module, "get_sweep") else [{}])]
   if not runs or not all(isinstance(r, dict) for r in runs):
     raise ValueError(f"{path}: get_sweep() must return a non-empty list of dicts")

@@ -42,7 +42,7 @@ def _cli(*args):
 
 def test_config_args_default_is_the_plain_config():
   from tests.configs import load_config  # pylint: disable=g-import-not-at-top
-  module = sweep.load_experiment(str(TINY_CPU))
+  module = config_args.load_experiment(TINY_CPU)
   plain = load_config().to_dict()
   assert module.get_config("size=tiny,res=32,batch=16").to_dict() == plain
   assert module.get_config("").to_dict() == plain
@@ -53,7 +53,7 @@ def test_config_args_default_is_the_plain_config():
 @pytest.mark.parametrize("arg, needle", [("res=big", "res"), ("rez=16", "rez"),
                                          ("size=huge", "size"), ("res=18", "res=18")])
 def test_bad_config_arg_names_the_key(arg, needle):
-  module = sweep.load_experiment(str(TINY_CPU))
+  module = config_args.load_experiment(TINY_CPU)
   with pytest.raises(ValueError, match=needle):
     module.get_config(arg)
 

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from mogao_jax import config_args
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import rules as rules_lib
@@ -128,19 +129,10 @@ def format_estimate(est: dict) -> str:
   return "\n".join(lines)
 
 
-def load_experiment(path: str):
-  """``get_config()`` of an experiment file (experiments/ is not a package)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def main(argv) -> None:
   path, n = argv[1], int(argv[2])
-  print(format_estimate(memory_per_device(load_experiment(path), n)))
+  config = config_args.load_experiment(path).get_config()
+  print(format_estimate(memory_per_device(config, n)))
 
 
 if __name__ == "__main__":
