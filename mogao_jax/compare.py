@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from mogao_jax import plot
+from mogao_jax import trees
 
 _MAX_DEPTH = 3
 _CURVES = ("loss", "text_loss", "flow_loss")
@@ -75,16 +76,9 @@ def latest_eval(workdir: str) -> dict[str, float]:
   return {}
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def _differing(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """Per run: the config keys whose values are not the same in every run."""
-  flat = {name: _flat(c) for name, c in configs.items()}
+  flat = {name: trees.flatten(c) for name, c in configs.items()}
   keys = sorted({k for f in flat.values() for k in f})
   diff = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat.values()}) > 1]
   return {name: {k: f.get(k) for k in diff} for name, f in flat.items()}

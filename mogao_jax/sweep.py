@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 
 from mogao_jax import config_args
+from mogao_jax import trees
 
 ARG_KEY = "arg"  # not a config key: merges into the config path's argument
 _NAME_OK = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -64,13 +65,6 @@ def merge_arg(base: str | None, extra: str | None) -> str:
   return config_args.join_arg(items)
 
 
-def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
-  out = []
-  for k, v in tree.items():
-    out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-  return out
-
-
 def apply_overrides(config, overrides: dict[str, Any], where: str = "") -> None:
   """Sets dotted keys in ``config`` (in place); unknown key or wrong type -> ValueError."""
   for key, value in overrides.items():
@@ -79,7 +73,7 @@ def apply_overrides(config, overrides: dict[str, Any], where: str = "") -> None:
     node, parts = config, key.split(".")
     for i, part in enumerate(parts):
       if not hasattr(node, "keys") or part not in node:
-        near = difflib.get_close_matches(key, _flat_keys(config.to_dict()), n=3)
+        near = difflib.get_close_matches(key, list(trees.flatten(config.to_dict())), n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ValueError(f"{where}sweep key {key!r} is not in the config:"
                          f" no {'.'.join(parts[:i + 1])!r}{hint}")

@@ -14,6 +14,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from mogao_jax import trees
+
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
            "BOOL": np.bool_}
@@ -76,14 +78,9 @@ def read_json(path: str) -> dict:
     return json.load(f)
 
 
-def flatten(tree, prefix: str = "") -> dict:
+def flatten(tree) -> dict:
   """{"a": {"b": x}} -> {"a/b": x}."""
-  if isinstance(tree, dict) or hasattr(tree, "items"):
-    out = {}
-    for k, v in tree.items():
-      out.update(flatten(v, f"{prefix}{k}/"))
-    return out
-  return {prefix[:-1]: tree}
+  return trees.flatten(tree, "/")
 
 
 def unflatten(flat: dict) -> dict:

@@ -6,24 +6,17 @@ from typing import Any
 
 import jax
 
+from mogao_jax import trees
+
 # Config keys (sections or dotted keys) that must match for a checkpoint to load.
 MUST_MATCH = ("model", "data.vocab_size", "data.patch_size")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}{k}."))
-    return out
-  return {prefix[:-1]: tree}
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any],
                 sections: tuple[str, ...] = MUST_MATCH) -> list[str]:
   """'key: saved -> current' for every differing key under the given sections / dotted keys."""
   def pick(cfg):
-    return {k: v for k, v in _flat(cfg).items()
+    return {k: v for k, v in trees.flatten(cfg).items()
             if any(k == s or k.startswith(s + ".") for s in sections)}
   a, b = pick(saved), pick(current)
   missing = object()
