@@ -120,6 +120,8 @@ def _base() -> ml_collections.ConfigDict:
   # Absolute 2-D position of vision-stream slots (fixed sin-cos added to their input, as BAGEL's
   # latent_pos_embed); "none" leaves IL-RoPE alone (not ablated on the world yet).
   c.model.vis_pos_embed = "sincos"
+  # What the vision head predicts: velocity (Mogao's) | x1 (the clean latent; see ModelConfig).
+  c.model.predict = "velocity"
   c.model.vit = "tiny"  # tiny (from scratch) | siglip (model/siglip.py; weights via init.vit)
   c.model.vit_mlp_dim = 0  # siglip only: MLP width
   c.model.vit_pos_grid = 0  # siglip only: side of the pretrained position table (0 = vit_grid)

@@ -45,10 +45,12 @@ def _save(c, state, workdir):
 
 
 TORCH_CASES = {  # two configs that between them flip every option the torch module reads
-    "tinyvit_untied_scanned": dict(qkv_bias=True, qk_norm=True, tie_embeddings=False),
+    "tinyvit_untied_scanned": dict(qkv_bias=True, qk_norm=True, tie_embeddings=False,
+                                   predict="x1", vis_pos_embed="sincos"),
     "siglip_tied_unscanned": dict(qkv_bias=False, qk_norm=False, tie_embeddings=True,
                                   scan_layers=False, vit="siglip", vit_mlp_dim=24,
-                                  vit_pos_grid=3, vit_norm_eps=1e-5),
+                                  vit_pos_grid=3, vit_norm_eps=1e-5, predict="velocity",
+                                  vis_pos_embed="none"),
 }
 
 

@@ -263,4 +263,7 @@ class Mogao(torch.nn.Module):
     fin = self.dense(cond, "t_final")
     h_vis = modulate(rms_norm(x_vis, self.p("vis_norm.scale"), c["norm_eps"]),
                      fin[:, :, 0], fin[:, :, 1])
-    return logits, self.dense(h_vis, "vis_head")
+    out = self.dense(h_vis, "vis_head")
+    if c.get("predict", "velocity") == "x1":  # the head predicts x1; hand back the velocity
+      out = (out - b["vis_latent"].float()) / (1.0 - vis_t_BV.float()).clamp(min=0.05)[..., None]
+    return logits, out

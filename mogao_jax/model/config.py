@@ -52,6 +52,9 @@ class ModelConfig:
   # "blockwise" computes it per block of `attention_block` slots and skips invisible blocks.
   attention: str = "dense"
   attention_block: int = 128
+  # What the vision head predicts: "velocity" (v = x1 - x0, as Mogao / SD3) or "x1" (the clean
+  # latent, converted to a velocity inside the model, so loss and sampler are unchanged).
+  predict: str = "velocity"
 
   @property
   def compute_dtype(self):
@@ -90,6 +93,7 @@ class ModelConfig:
          "must be a multiple of 4 with model.vis_pos_embed='sincos'")
     need(self.attention in ("dense", "blockwise"), "attention", "must be 'dense' or 'blockwise'")
     need(self.attention_block > 0, "attention_block", "must be positive")
+    need(self.predict in ("velocity", "x1"), "predict", "must be 'velocity' or 'x1'")
     if self.vit == "siglip":
       need(self.vit_mlp_dim > 0, "vit_mlp_dim", "must be positive with model.vit='siglip'")
       need(self.patch_dim % 3 == 0 and round((self.patch_dim // 3) ** 0.5) ** 2 * 3

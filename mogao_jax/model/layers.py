@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Qwen2 initialises linear layers with N(0, 0.02).
-DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
+# Token embeddings start N(0, 0.02), as Qwen2's (tied to the LM head, so logits start small).
+EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 def rms_norm(cfg, axes: tuple[str, ...] = ("embed",), name: str | None = None) -> nn.RMSNorm:
@@ -34,17 +34,14 @@ class Dense(nn.Module):
   use_bias: bool = False
   bias_axes: tuple = ()
   zero: bool = False
-  fan_in: bool = False
 
   @nn.compact
   def __call__(self, x):
     feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
     in_shape = x.shape[x.ndim - self.n_in:]
-    init = nn.initializers.zeros_init() if self.zero else DEFAULT_INIT
-    if self.fan_in:  # unit-variance outputs for unit-variance inputs (see dense())
-      init = nn.initializers.variance_scaling(
-          1.0, "fan_in", "normal", in_axis=tuple(range(self.n_in)),
-          out_axis=tuple(range(self.n_in, self.n_in + len(feats))))
+    init = nn.initializers.zeros_init() if self.zero else nn.initializers.variance_scaling(
+        1.0, "fan_in", "normal", in_axis=tuple(range(self.n_in)),
+        out_axis=tuple(range(self.n_in, self.n_in + len(feats))))
     kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.axes)),
                         in_shape + feats, jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
@@ -58,16 +55,19 @@ class Dense(nn.Module):
 
 
 def dense(features, axes: Sequence[str], cfg, *, n_in: int = 1, bias: bool = False,
-          bias_axes: Sequence[str] = (), zero: bool = False, fan_in: bool = False,
+          bias_axes: Sequence[str] = (), zero: bool = False,
           name: str | None = None) -> Dense:
   """A Dense whose kernel (and bias) carry logical axis names for the sharding rules.
 
-  Kernels start normal(0.02) as Qwen2's (zero=True: zeros). fan_in=True: variance 1 / fan-in,
-  for the layers that read raw pixels or latents (as DiT's / BAGEL's patch embeddings): with
-  0.02 a 48-channel patch entered the residual stream ~7x weaker than the position table, and
-  the vision pathway took ~100 steps of flow loss stuck at Var(x1) + 1 to start reading it."""
+  Kernels start with variance 1 / fan-in (LeCun normal; zero=True: zeros). Why not Qwen2's
+  N(0, 0.02): 0.02 is 1 / sqrt(fan-in) at a fan-in of 2500, so at Qwen2.5-7B's width (3584:
+  0.017) the two nearly agree, but at the tiny configs' width 128 (0.088) every projection
+  shrinks its input ~4x: a block then adds ~5% to a residual stream that the unit-scale patch
+  embedding dominates, and the world's attributes were learned hundreds of steps later
+  (WORKSPACE.md, "The world's learning curve"). Pretrained Qwen2 / SigLIP weights replace the
+  init anyway."""
   return Dense(features=features, axes=tuple(axes), dtype=cfg.compute_dtype, n_in=n_in,
-               use_bias=bias, bias_axes=tuple(bias_axes), zero=zero, fan_in=fan_in, name=name)
+               use_bias=bias, bias_axes=tuple(bias_axes), zero=zero, name=name)
 
 
 class SwiGLU(nn.Module):

@@ -25,12 +25,11 @@ class Mogao(nn.Module):
     c = self.cfg
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.width, dtype=c.compute_dtype, name="embed_tokens",
-        embedding_init=nn.with_logical_partitioning(layers.DEFAULT_INIT, ("vocab", "embed")))
+        embedding_init=nn.with_logical_partitioning(layers.EMBED_INIT, ("vocab", "embed")))
     self.vit = (siglip.SiglipSlots(siglip.from_model_config(c), grid=c.vit_grid, name="vit")
                 if c.vit == "siglip" else vit.TinyViT(c))
     self.connector = vit.Connector(c)
-    self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",),
-                               fan_in=True)
+    self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
     self.t_fc1 = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
     self.t_fc2 = layers.dense(c.width, ("embed", "embed_out"), c, bias=True,
                               bias_axes=("embed_out",))
@@ -79,7 +78,7 @@ class Mogao(nn.Module):
       mask = masks.visibility(meta, meta, self._other, self._same)
     angles_BLP = rope.rope_angles(meta["pos"], c.head_dim, c.rope_theta)
     x_txt, x_vis = self.stack(x_txt, x_vis, mask, angles_BLP, self.t_mod(cond_BVD))
-    return self._heads(x_txt, x_vis, cond_BVD)
+    return self._heads(x_txt, x_vis, cond_BVD, b["vis_latent"], vis_t_BV)
 
   def decode(self, b, vis_t_BV, cache_kv, mask_BLK):
     """Sampling: the new slots `b` read [cached keys ; themselves] under mask_BLK [B, L, C + L]
@@ -96,15 +95,19 @@ class Mogao(nn.Module):
     angles_BLP = rope.rope_angles(pos, c.head_dim, c.rope_theta)
     x_txt, x_vis, new_kv = self.stack(x_txt, x_vis, mask_BLK, angles_BLP, self.t_mod(cond_BVD),
                                       cache_kv)
-    return (*self._heads(x_txt, x_vis, cond_BVD), new_kv)
+    return (*self._heads(x_txt, x_vis, cond_BVD, b["vis_latent"], vis_t_BV), new_kv)
 
-  def _heads(self, x_txt, x_vis, cond_BVD):
+  def _heads(self, x_txt, x_vis, cond_BVD, x_t_BVC, vis_t_BV):
     c = self.cfg
     h_txt = self.txt_norm(x_txt)
     logits_BTV = (self.embed_tokens.attend(h_txt) if c.tie_embeddings else self.lm_head(h_txt))
     fin = self.t_final(cond_BVD)
     h_vis = layers.modulate(self.vis_norm(x_vis), fin[:, :, 0], fin[:, :, 1])
     velocity_BVC = self.vis_head(h_vis)
+    if c.predict == "x1":
+      x1_BVC = velocity_BVC.astype(jnp.float32)
+      one_minus_t = jnp.maximum(1.0 - vis_t_BV.astype(jnp.float32), 0.05)[..., None]
+      velocity_BVC = (x1_BVC - x_t_BVC.astype(jnp.float32)) / one_minus_t
     return logits_BTV.astype(jnp.float32), velocity_BVC.astype(jnp.float32)
 
 

@@ -26,12 +26,12 @@ class TinyViT(nn.Module):
     c = self.cfg
     dt = c.compute_dtype
     x = layers.dense(c.vit_width, (None, "embed"), c, bias=True, bias_axes=("embed",),
-                     fan_in=True, name="patch_embed")(patch_BLP)
+                     name="patch_embed")(patch_BLP)
     grid_idx = jnp.clip(pos_BL3[..., 1], 0, c.vit_grid - 1) * c.vit_grid + jnp.clip(
         pos_BL3[..., 2], 0, c.vit_grid - 1)
     x = x + nn.Embed(c.vit_grid * c.vit_grid, c.vit_width, name="pos_embed",
                      embedding_init=nn.with_logical_partitioning(
-                         layers.DEFAULT_INIT, (None, "embed")))(grid_idx)
+                         layers.EMBED_INIT, (None, "embed")))(grid_idx)
     is_vit = kind_BL == Kind.VIT
     mask_BLL = ((image_BL[:, :, None] == image_BL[:, None, :])
                 & (segment_BL[:, :, None] == segment_BL[:, None, :])
