@@ -51,7 +51,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       norm_eps=1e-6, latent_dim=64, patch_dim=16 * 16 * 3,
       vit="siglip", vit_width=768, vit_depth=12, vit_heads=12, vit_mlp_dim=3072, vit_grid=14,
       vit_pos_grid=14, vit_norm_eps=1e-6,
-      scan_layers=True, remat="dots", dtype="bfloat16", vision_init="copy_text"))
+      scan_layers=True, remat="dots", dtype="bfloat16", vision_init="copy_text",
+      predict="velocity"))  # Mogao's head (the tiny world recipe predicts x1)
   c.optim.update(dict(lr=3e-4, warmup_steps=1000, min_lr_ratio=0.1, weight_decay=0.1,
                       b1=0.9, b2=0.95, clip_norm=1.0))
   # 2 microbatches of 4 rows per GPU: the same 64-row batch in half the activation memory.

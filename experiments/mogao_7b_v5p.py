@@ -55,7 +55,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       norm_eps=1e-6, latent_dim=64, patch_dim=14 * 14 * 3,
       vit="siglip", vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp_dim=4304, vit_grid=27,
       vit_pos_grid=27, vit_norm_eps=1e-6,
-      scan_layers=True, remat="full", dtype="bfloat16", vision_init="copy_text"))
+      scan_layers=True, remat="full", dtype="bfloat16", vision_init="copy_text",
+      predict="velocity"))  # Mogao's head (the tiny world recipe predicts x1)
   c.optim.update(dict(lr=1e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1,
                       b1=0.9, b2=0.95, clip_norm=1.0))
   c.train.update(dict(steps=100_000, log_every=20, ckpt_every=1000, keep_checkpoints=3,

@@ -109,7 +109,11 @@ def _base() -> ml_collections.ConfigDict:
   c.model.qkv_bias = True  # Qwen2 has q/k/v bias
   c.model.qk_norm = True
   c.model.rope_theta = 10_000.0
-  c.model.tie_embeddings = True
+  # Untied: under a tied LM head the world's colour words collapsed onto one vector (pairwise
+  # cosine 0.93 at step 500) and generation ignored them; untied, with N(0, 1) token embeddings
+  # (layers.embed_init), t2i colour went 0.07 -> 0.38 (WORKSPACE.md, "The world's learning
+  # curve").
+  c.model.tie_embeddings = False
   c.model.norm_eps = 1e-6
   c.model.latent_dim = 48  # channels of one vision-stream slot: patch_size**2 * 3 in pixel space
   c.model.patch_dim = 48  # channels of one VIT patch: patch_size**2 * 3
@@ -120,8 +124,10 @@ def _base() -> ml_collections.ConfigDict:
   # Absolute 2-D position of vision-stream slots (fixed sin-cos added to their input, as BAGEL's
   # latent_pos_embed); "none" leaves IL-RoPE alone (not ablated on the world yet).
   c.model.vis_pos_embed = "sincos"
-  # What the vision head predicts: velocity (Mogao's) | x1 (the clean latent; see ModelConfig).
-  c.model.predict = "velocity"
+  # What the vision head predicts: velocity (Mogao's; the scale configs) | x1 (the clean latent,
+  # turned into a velocity inside the model). x1 here: no early flow-loss plateau (0.36 vs 1.15
+  # at step 50) and flat-coloured objects (WORKSPACE.md, "The world's learning curve").
+  c.model.predict = "x1"
   c.model.vit = "tiny"  # tiny (from scratch) | siglip (model/siglip.py; weights via init.vit)
   c.model.vit_mlp_dim = 0  # siglip only: MLP width
   c.model.vit_pos_grid = 0  # siglip only: side of the pretrained position table (0 = vit_grid)

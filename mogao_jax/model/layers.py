@@ -10,8 +10,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Token embeddings start N(0, 0.02), as Qwen2's (tied to the LM head, so logits start small).
+# Small learned tables (the tiny ViT's positions) start N(0, 0.02), as Qwen2's embeddings.
 EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def embed_init(cfg):
+  """Token embeddings: N(0, 0.02) when tied to the LM head (the logits start small); N(0, 1)
+  untied (unit-scale tokens, as the unit-scale patch embeddings beside them). Why the latter:
+  words that occur in the same contexts (the world's colour names) drift towards one shared
+  vector under the language-model loss; at N(0, 1) what tells them apart stays large, and the
+  image pathway can read it (WORKSPACE.md, "The world's learning curve")."""
+  return nn.initializers.normal(stddev=0.02 if cfg.tie_embeddings else 1.0)
 
 
 def rms_norm(cfg, axes: tuple[str, ...] = ("embed",), name: str | None = None) -> nn.RMSNorm:

@@ -25,7 +25,7 @@ class Mogao(nn.Module):
     c = self.cfg
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.width, dtype=c.compute_dtype, name="embed_tokens",
-        embedding_init=nn.with_logical_partitioning(layers.EMBED_INIT, ("vocab", "embed")))
+        embedding_init=nn.with_logical_partitioning(layers.embed_init(c), ("vocab", "embed")))
     self.vit = (siglip.SiglipSlots(siglip.from_model_config(c), grid=c.vit_grid, name="vit")
                 if c.vit == "siglip" else vit.TinyViT(c))
     self.connector = vit.Connector(c)
