@@ -13,7 +13,6 @@ their embeddings had collapsed to cosine 0.93).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 
 from absl import app, flags
@@ -22,14 +21,12 @@ import numpy as np
 
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import documents, encoding, packing
-from mogao_jax.data.sources.world import scene as scene_lib
+from mogao_jax.data.sources import world
 from mogao_jax.sample import load
 from mogao_jax.train import step as step_lib
 
-_render = importlib.import_module("mogao_jax.data.sources.world.render").render
-
-CLASSES = {"colour": list(scene_lib.COLOURS), "shape": list(scene_lib.SHAPES),
-           "size": list(scene_lib.SIZES)}
+CLASSES = {"colour": list(world.COLOURS), "shape": list(world.SHAPES),
+           "size": list(world.SIZES)}
 BASE = {"colour": "red", "shape": "square", "size": "large"}
 TIMES = (0.05, 0.2, 0.4)
 
@@ -50,8 +47,8 @@ def velocities(config, apply, params, tokenizer, text: str, t: float, seed: int 
   """Predicted velocities [n_nvae, C] of the generated image after `text`, for the world's
   base object (a large red square in the centre) noised to time t with fixed noise.
   `apply`: the model's (jitted) apply."""
-  obj = scene_lib.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
-  b = _row(config, tokenizer, text, _render(scene_lib.Scene((obj,)), config.data.image_size))
+  obj = world.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
+  b = _row(config, tokenizer, text, world.render(world.Scene((obj,)), config.data.image_size))
   nvae = b["vis_kind"][0] == batch_lib.Kind.NVAE
   noise = np.random.default_rng(seed).standard_normal(b["vis_latent"].shape).astype(np.float32)
   n_ids = int(b["vis_image"].max()) + 1
@@ -88,9 +85,7 @@ def embedding_cosine(params, tokenizer, words) -> float:
 
 def report(workdir: str) -> str:
   config = load.load_config(workdir)
-  tokenizer = load.load_tokenizer(workdir)
-  params = load.restore_params(workdir, config)
-  params = params[0] if isinstance(params, tuple) else params
+  params, _, tokenizer = load.restore_params(workdir, config)
   head = "class    emb cos  " + "  ".join(f"t={t}: max / mean |dv|" for t in TIMES)
   lines = [head]
   for cls, words in CLASSES.items():

@@ -104,10 +104,9 @@ class Mogao(nn.Module):
     fin = self.t_final(cond_BVD)
     h_vis = layers.modulate(self.vis_norm(x_vis), fin[:, :, 0], fin[:, :, 1])
     velocity_BVC = self.vis_head(h_vis)
-    if c.predict == "x1":
-      x1_BVC = velocity_BVC.astype(jnp.float32)
+    if c.predict == "x1":  # the head's output is the clean latent: turn it into the velocity
       one_minus_t = jnp.maximum(1.0 - vis_t_BV.astype(jnp.float32), 0.05)[..., None]
-      velocity_BVC = (x1_BVC - x_t_BVC.astype(jnp.float32)) / one_minus_t
+      velocity_BVC = (velocity_BVC.astype(jnp.float32) - x_t_BVC.astype(jnp.float32)) / one_minus_t
     return logits_BTV.astype(jnp.float32), velocity_BVC.astype(jnp.float32)
 
 
