@@ -95,15 +95,14 @@ def report(workdir: str) -> str:
   return "\n".join(lines)
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "a training workdir (its latest checkpoint)")
-
-
 def main(argv):
   del argv
-  print(report(FLAGS.workdir))
+  print(report(flags.FLAGS.workdir))
 
 
 if __name__ == "__main__":
+  # Flags only when run as a command (as data/check.py): importing this module beside another
+  # command's module (pytest does) must not define --workdir twice.
+  flags.DEFINE_string("workdir", None, "a training workdir (its latest checkpoint)")
   flags.mark_flag_as_required("workdir")
   app.run(main)
