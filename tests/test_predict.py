@@ -1,9 +1,7 @@
 """model.predict: what the vision head predicts (velocity, or the clean latent x1 turned into
 a velocity inside the model), so that the loss and the sampler never need to know."""
 
-import jax
 import numpy as np
-import optax
 import pytest
 
 from mogao_jax.data import batch as batch_lib
@@ -29,21 +27,15 @@ def _apply(config, params, t):
   return b["vis_latent"], np.asarray(v), nvae
 
 
-def _fresh(config):
-  model = step.make_model(config)
-  return step.init_state(config, model, optax.sgd(0.0), jax.random.key(0),
-                         step.example_batch(config, 1)).params
-
-
 @pytest.mark.parametrize("t", [0.1, 0.7])
 def test_fresh_x1_model_estimates_zero_velocity_model_keeps_its_input(config, t):
   # The vision head starts at zero. Predicting velocity, the one-step clean estimate
   # x_t + (1 - t) v is then x_t itself; predicting x1, it is 0 (the head's output) for any t.
   config.model.predict = "velocity"
-  x_t, v, nvae = _apply(config, _fresh(config), t)
+  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, step.make_model(config)), t)
   np.testing.assert_allclose(v[nvae], 0.0, atol=1e-6)
   config.model.predict = "x1"
-  x_t, v, nvae = _apply(config, _fresh(config), t)
+  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, step.make_model(config)), t)
   x1_hat = x_t + (1.0 - t) * v
   np.testing.assert_allclose(x1_hat[nvae], 0.0, atol=1e-5)
   assert np.abs(x_t[nvae]).mean() > 0.5  # so the check above is not about an all-zero input

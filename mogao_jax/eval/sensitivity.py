@@ -35,7 +35,11 @@ def _prompt(words: dict[str, str]) -> str:
   return f"a {words['size']} {words['colour']} {words['shape']} in the centre."
 
 
-def _row(config, tokenizer, text: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
+def _row(config, tokenizer, text: str) -> dict[str, np.ndarray]:
+  """One packed row: `text`, then the world's base object (a large red square in the centre)
+  as the generated image."""
+  obj = world.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
+  pixels = world.render(world.Scene((obj,)), config.data.image_size)
   doc = documents.Document((documents.Text(text), documents.Image(pixels, generate=True)))
   d, m = config.data, config.model
   packer = packing.TwoStreamPacker(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim, open_rows=1)
@@ -43,12 +47,9 @@ def _row(config, tokenizer, text: str, pixels: np.ndarray) -> dict[str, np.ndarr
   return {k: v[None] for k, v in packer.pop_oldest().items()}
 
 
-def velocities(config, apply, params, tokenizer, text: str, t: float, seed: int = 0):
-  """Predicted velocities [n_nvae, C] of the generated image after `text`, for the world's
-  base object (a large red square in the centre) noised to time t with fixed noise.
-  `apply`: the model's (jitted) apply."""
-  obj = world.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
-  b = _row(config, tokenizer, text, world.render(world.Scene((obj,)), config.data.image_size))
+def velocities(apply, params, b, t: float, seed: int = 0):
+  """Predicted velocities [n_nvae, C] of row `b`'s generated image noised to time t with
+  fixed noise. `apply`: the model's (jitted) apply."""
   nvae = b["vis_kind"][0] == batch_lib.Kind.NVAE
   noise = np.random.default_rng(seed).standard_normal(b["vis_latent"].shape).astype(np.float32)
   n_ids = int(b["vis_image"].max()) + 1
@@ -61,10 +62,11 @@ def velocities(config, apply, params, tokenizer, text: str, t: float, seed: int 
 def word_sensitivity(config, params, tokenizer, cls: str, times=TIMES) -> dict[float, tuple]:
   """{t: (max, mean)} of |v(prompt with word a) - v(prompt with word b)| over every pair of
   the class's words (the other words at BASE)."""
-  apply, out = jax.jit(step_lib.make_model(config).apply), {}
+  apply = jax.jit(step_lib.make_model(config).apply)
+  rows = [_row(config, tokenizer, _prompt(BASE | {cls: w})) for w in CLASSES[cls]]
+  out = {}
   for t in times:
-    vs = [velocities(config, apply, params, tokenizer, _prompt(BASE | {cls: w}), t)
-          for w in CLASSES[cls]]
+    vs = [velocities(apply, params, b, t) for b in rows]
     diffs = [np.abs(a - b) for a, b in itertools.combinations(vs, 2)]
     out[t] = (float(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs])))
   return out
