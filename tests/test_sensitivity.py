@@ -1,11 +1,14 @@
-"""The prompt-word sensitivity diagnostic measures what the vision slots read of the prompt:
-exactly zero when the mask hides the text from them, nonzero when it does not."""
+"""The generation diagnostics: the prompt-word sensitivity measures what the vision slots read
+of the prompt (exactly zero when the mask hides the text from them, nonzero when it does not);
+the denoising error by noise level measures the clean-image estimate against the image."""
 
 import numpy as np
 import pytest
 
 from mogao_jax.data import pipeline
-from mogao_jax.eval import sensitivity
+from mogao_jax.data.sources import world
+from mogao_jax.data.sources.world import scene as scene_lib
+from mogao_jax.eval import denoise, sensitivity
 from mogao_jax.train import step
 from tests import modelkit
 
@@ -48,3 +51,20 @@ def test_embedding_cosine():
       np.sqrt(0.5) / 3, rel=1e-6)
   with pytest.raises(ValueError, match="'zz' is 2 tokens"):
     sensitivity.embedding_cosine(params, tok, ["a", "zz"])
+
+
+def test_denoise_error_of_a_zero_x1_head_is_the_image_power_at_every_t(config, tokenizer):
+  # A fresh model's vision head is zero-initialised, so with predict = "x1" its clean-image
+  # estimate is exactly 0 whatever x_t, and the error is the mean squared pixel value (in
+  # [-1, 1]) of the rendered scenes at every t below the head's 1 - t >= 0.05 clamp. A wrong
+  # (1 - t) scaling of the velocity error, or noise that differs from the train step's, would
+  # make the errors depend on t.
+  assert config.model.predict == "x1"
+  params = modelkit.fresh_params(config, step.make_model(config))
+  errs = denoise.x1_errors(config, params, tokenizer, n=3, times=(0.0, 0.5, 0.9), seed=5)
+  rng = np.random.default_rng(5)
+  power = [np.mean(np.square(world.render(scene_lib.sample_in_split(
+      rng, "eval", scene_lib.sample_scene), config.data.image_size) / 127.5 - 1.0))
+           for _ in range(3)]
+  for t, e in errs.items():
+    assert e == pytest.approx(np.mean(power), rel=1e-5), t

@@ -35,11 +35,8 @@ def _prompt(words: dict[str, str]) -> str:
   return f"a {words['size']} {words['colour']} {words['shape']} in the centre."
 
 
-def _row(config, tokenizer, text: str) -> dict[str, np.ndarray]:
-  """One packed row: `text`, then the world's base object (a large red square in the centre)
-  as the generated image."""
-  obj = world.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
-  pixels = world.render(world.Scene((obj,)), config.data.image_size)
+def t2i_row(config, tokenizer, text: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
+  """One packed row (batch of 1): `text`, then `pixels` as the generated image."""
   doc = documents.Document((documents.Text(text), documents.Image(pixels, generate=True)))
   d, m = config.data, config.model
   packer = packing.TwoStreamPacker(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim, open_rows=1)
@@ -47,26 +44,34 @@ def _row(config, tokenizer, text: str) -> dict[str, np.ndarray]:
   return {k: v[None] for k, v in packer.pop_oldest().items()}
 
 
-def velocities(apply, params, b, t: float, seed: int = 0):
-  """Predicted velocities [n_nvae, C] of row `b`'s generated image noised to time t with
-  fixed noise. `apply`: the model's (jitted) apply."""
+def _base_pixels(config) -> np.ndarray:
+  """The world's base object (a large red square in the centre), rendered."""
+  obj = world.Object(1, 1, BASE["shape"], BASE["colour"], BASE["size"])
+  return world.render(world.Scene((obj,)), config.data.image_size)
+
+
+def noised_velocities(apply, params, b, t: float, seed: int = 0):
+  """(predicted, target) velocities [n_nvae, C] of row `b`'s generated image noised to time
+  t with the noise of `seed`, through the train step's own noising. `apply`: the model's
+  (jitted) apply."""
   nvae = b["vis_kind"][0] == batch_lib.Kind.NVAE
   noise = np.random.default_rng(seed).standard_normal(b["vis_latent"].shape).astype(np.float32)
   n_ids = int(b["vis_image"].max()) + 1
-  inputs, t_BV, _ = step_lib.apply_noise(batch_lib.model_inputs(b),
-                                         np.full((1, n_ids), t, np.float32), noise)
+  inputs, t_BV, target = step_lib.apply_noise(batch_lib.model_inputs(b),
+                                              np.full((1, n_ids), t, np.float32), noise)
   _, v = apply({"params": params}, inputs, t_BV)
-  return np.asarray(v)[0][nvae]
+  return np.asarray(v)[0][nvae], np.asarray(target)[0][nvae]
 
 
 def word_sensitivity(config, params, tokenizer, cls: str, times=TIMES) -> dict[float, tuple]:
   """{t: (max, mean)} of |v(prompt with word a) - v(prompt with word b)| over every pair of
   the class's words (the other words at BASE)."""
   apply = jax.jit(step_lib.make_model(config).apply)
-  rows = [_row(config, tokenizer, _prompt(BASE | {cls: w})) for w in CLASSES[cls]]
+  pixels = _base_pixels(config)
+  rows = [t2i_row(config, tokenizer, _prompt(BASE | {cls: w}), pixels) for w in CLASSES[cls]]
   out = {}
   for t in times:
-    vs = [velocities(apply, params, b, t) for b in rows]
+    vs = [noised_velocities(apply, params, b, t)[0] for b in rows]
     diffs = [np.abs(a - b) for a, b in itertools.combinations(vs, 2)]
     out[t] = (float(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs])))
   return out
