@@ -57,8 +57,8 @@ def test_denoise_error_of_a_zero_x1_head_is_the_image_power_at_every_t(config, t
   # A fresh model's vision head is zero-initialised, so with predict = "x1" its clean-image
   # estimate is exactly 0 whatever x_t, and the error is the mean squared pixel value (in
   # [-1, 1]) of the rendered scenes at every t below the head's 1 - t >= 0.05 clamp. A wrong
-  # (1 - t) scaling of the velocity error, or noise that differs from the train step's, would
-  # make the errors depend on t.
+  # (1 - t) scaling of the velocity error would make the errors depend on t (and the noise
+  # then on the values: with x1_hat = 0 the right error holds for any noise).
   assert config.model.predict == "x1"
   params = modelkit.fresh_params(config, step.make_model(config))
   errs = denoise.x1_errors(config, params, tokenizer, n=3, times=(0.0, 0.5, 0.9), seed=5)
