@@ -2,6 +2,10 @@
 
   python -m benchmarks.step [--config experiments/tiny_cpu.py:size=tiny] [--repeats 5]
   python -m benchmarks.step --long      # dense vs blockwise attention on long rows (res=64)
+  python -m benchmarks.step --config experiments/mogao_1b_8gpu.py --no_xla_count \
+      --set data.batch_size=8 --set data.vocab_size=256 --set model.latent_dim=768
+      # --set: any config key, for every config measured (here: one GPU's share of the batch,
+      # the world's tokenizer and pixel patches; RESULTS.md section 8)
 
 MFU = analytic model FLOPs per step (benchmarks/flops.py, real slots and the mask's real
 density) / step time / peak; on CPU the peak is the measured f32 matmul rate of this process.
@@ -25,6 +29,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, flops
+from mogao_jax import sweep
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
@@ -40,6 +45,18 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def load_configs(specs: list[str], sets: list[str]) -> list[tuple[str, object]]:
+  """(row name, config) per spec, each with the ``--set key=value`` overrides applied (an
+  unknown key or a wrong type fails here, naming the key)."""
+  overrides = sweep.parse_set(sets)
+  out = []
+  for spec in specs:
+    config = load_config(spec)
+    sweep.apply_overrides(config, overrides, where="--set: ")
+    out.append((" ".join([spec.partition(":")[2] or pathlib.Path(spec).stem] + sets), config))
+  return out
 
 
 def pipeline_batch(config, workdir: str) -> dict:
@@ -94,7 +111,7 @@ def time_steps(step, state, batch, repeats: int, warmup: int = 1) -> list[float]
 
 
 def measure(config, batch: dict, repeats: int = 5, peak: tuple[float, str] | None = None,
-            name: str = "") -> dict:
+            name: str = "", xla_count: bool = True) -> dict:
   """One results row for `config` on `batch` (numpy)."""
   mcfg = ModelConfig.from_config(config.model)
   real = flops.step_flops(batch, mcfg)
@@ -103,7 +120,8 @@ def measure(config, batch: dict, repeats: int = 5, peak: tuple[float, str] | Non
   dev_batch = jax.device_put(batch)
   step, state = compile_step(config, dev_batch)
   temp = step.memory_analysis().temp_size_in_bytes
-  xla = xla_flops(config, dev_batch)
+  # The count compiles an unrolled copy of the step: minutes for a 24-layer model.
+  xla = xla_flops(config, dev_batch) if xla_count else float("nan")
   times = time_steps(step, state, dev_batch, repeats)
   t = statistics.median(times)
   peak_rate, peak_what = peak or common.peak_flops()
@@ -154,16 +172,19 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--long", action="store_true",
                  help="dense vs blockwise attention on long rows (the LONG configs)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override applied to every config (e.g. model.dtype=bfloat16)")
+  p.add_argument("--no_xla_count", action="store_true",
+                 help="skip XLA's FLOP count (it compiles an unrolled copy of the step)")
   p.add_argument("--workdir", default=str(REPO / "runs" / "bench"), help="tokenizer cache")
   args = p.parse_args(argv)
   specs = args.config or (LONG if args.long else [f"experiments/tiny_cpu.py:size={s}"
                                                    for s in ("micro", "tiny", "small")])
   peak = common.peak_flops()
   rows = []
-  for spec in specs:
-    config = load_config(spec)
+  for name, config in load_configs(specs, args.set):
     rows.append(measure(config, pipeline_batch(config, args.workdir), args.repeats, peak,
-                        name=spec.partition(":")[2] or spec))
+                        name=name, xla_count=not args.no_xla_count))
   print(common.header("Train step: time, tokens/s, MFU"))
   if args.long:
     print(common.table(rows, LONG_COLUMNS))

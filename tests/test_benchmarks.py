@@ -73,6 +73,15 @@ def test_step_table(config):
   assert 1.0 < row["xla/padded"] < 2.0, row["xla/padded"]
 
 
+def test_step_overrides_name_the_row_and_the_bad_key():
+  (name, config), = bench_step.load_configs(
+      ["experiments/mogao_1b_8gpu.py"], ["data.batch_size=8", "model.dtype=float32"])
+  assert name == "mogao_1b_8gpu data.batch_size=8 model.dtype=float32"
+  assert (config.data.batch_size, config.model.dtype, config.model.width) == (8, "float32", 896)
+  with pytest.raises(ValueError, match="model.widht"):
+    bench_step.load_configs(["experiments/tiny_cpu.py:size=micro"], ["model.widht=3"])
+
+
 @pytest.mark.slow  # compiles a second train step (~40 s cold on 2 loaded cores)
 def test_step_table_blockwise(config):
   """The long-row comparison's columns on the blockwise attention (tiny rows, 4 blocks)."""
