@@ -20,7 +20,6 @@ attention mask and scores), the number the blockwise attention shrinks on long r
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
 import time
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, flops
-from mogao_jax import sweep
+from mogao_jax import config_args, sweep
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
@@ -41,10 +40,7 @@ PARTS = ("text_pathway", "vision_pathway", "attention", "vit", "lm_head")
 def load_config(spec: str):
   """'path.py[:arg]' -> get_config(arg) (experiments/ is not a package)."""
   path, _, arg = spec.partition(":")
-  mod_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_args.load_experiment(REPO / path).get_config(arg or None)
 
 
 def load_configs(specs: list[str], sets: list[str]) -> list[tuple[str, object]]:
