@@ -27,6 +27,8 @@ from benchmarks.step import load_config
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.model import flow
 from tests import rowkit
 
 PROMPT = 8  # prompt tokens
@@ -64,11 +66,11 @@ def row_of(doc, config) -> dict:
 
 def make_fwd_bwd(config):
   """jit(params, batch) -> gradients of the train loss (the step minus the optimizer)."""
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
 
   def grads(params, batch):
-    t_BN, noise = step_lib.draw_noise(jax.random.key(0), batch, config.flow)
+    t_BN, noise = flow.draw_noise(jax.random.key(0), batch, config.flow)
     return jax.grad(lambda p: step_lib.loss_fn(p, model, batch, t_BN, noise, config.loss)[0])(
         params)
 

@@ -32,6 +32,7 @@ from mogao_jax import config_args, sweep
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PARTS = ("text_pathway", "vision_pathway", "attention", "vit", "lm_head")
@@ -64,7 +65,7 @@ def pipeline_batch(config, workdir: str) -> dict:
 def compile_step(config, batch):
   """(compiled step, initial state) on the default device (compiled ahead of time, so its
   memory_analysis() is at hand)."""
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
   state = jax.jit(lambda k, b: step_lib.init_state(config, model, tx, k, b))(
       jax.random.key(config.seed), batch)
@@ -82,7 +83,7 @@ def xla_flops(config, batch) -> float:
   if config.model.scan_layers:
     config = config.copy_and_resolve_references()
     config.model.scan_layers = False
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
   state = jax.eval_shape(lambda k, b: step_lib.init_state(config, model, tx, k, b),
                          jax.random.key(0), batch)

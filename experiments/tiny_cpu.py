@@ -15,7 +15,6 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
 import ml_collections
 
 from mogao_jax import config_args
-from mogao_jax.parallel import mesh as mesh_lib
 
 # model.* per size; "tiny" is the default run's model.
 SIZES = {
@@ -86,7 +85,7 @@ def _base() -> ml_collections.ConfigDict:
   # A trained tokenizer file (python -m mogao_jax.data.train_tokenizer); "" = the above.
   c.data.tokenizer = ""
   # Vision-stream slots: "pixels" (pixel patches stand in for VAE latents) or "precomputed"
-  # (the latent each image part carries: python -m mogao_jax.data.encode_latents; then
+  # (the latent each image part carries: python -m mogao_jax.encode_latents; then
   # model.latent_dim = latent_channels * latent_patch ** 2).
   c.data.latents = "pixels"
   c.data.latent_patch = 2  # latent pixels per vision-slot side ("precomputed" only)
@@ -210,7 +209,7 @@ def _base() -> ml_collections.ConfigDict:
       ("mlp", "tensor"),
       ("vocab", "tensor"),
   )
-  c.dist = mesh_lib.dist_config()  # multi-process: see launch/multiprocess_cpu.sh
+  c.dist = config_args.dist_config()  # multi-process: see launch/multiprocess_cpu.sh
   # Largest fraction of parameter bytes allowed fully replicated on a multi-device mesh (the
   # sharding report's fail-fast check); 1.0 = off, as pure data parallelism replicates all.
   c.mesh.max_replicated_fraction = 1.0

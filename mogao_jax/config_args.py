@@ -83,3 +83,16 @@ def load_experiment(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def dist_config() -> ml_collections.ConfigDict:
+  """The `dist` config section (read by parallel/mesh.py). The defaults mean one process;
+  launch/multiprocess_cpu.sh (or a cluster script) sets
+  --config.dist.num_processes/process_id/coordinator_address. Here, not in parallel/, so that
+  an experiment file can build it without importing JAX."""
+  return ml_collections.ConfigDict({
+      "coordinator_address": "",  # host:port of process 0; "" = JAX_COORDINATOR_ADDRESS / auto
+      "num_processes": 1,
+      "process_id": 0,
+      "auto": False,  # let JAX detect the cluster (TPU pods, SLURM, Open MPI, k8s)
+  })

@@ -22,8 +22,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mogao_jax import eval as eval_lib
 from mogao_jax import quiet_logs
-from mogao_jax.sample import options
+from mogao_jax.eval import run
+from mogao_jax.sample import engine, load, options, report
+from mogao_jax.train import restore
 
 def define_flags() -> None:
   options.define()
@@ -34,73 +37,27 @@ def define_flags() -> None:
   flags.DEFINE_list("kinds", None, "eval kinds (default all: t2i, edit, story, vqa, caption)")
 
 
-def script_for(item, max_tokens: int) -> list:
-  """What the sampler runs for an eval item (see EvalItem.context_parts)."""
-  from mogao_jax.data import documents  # pylint: disable=g-import-not-at-top
-  from mogao_jax.sample import engine  # pylint: disable=g-import-not-at-top
-  ops = [engine.Gen() if isinstance(p, documents.Image) and p.generate else p
-         for p in item.context_parts]
-  if item.kind in ("t2i", "edit"):
-    ops.append(engine.Gen())
-  elif item.kind in ("vqa", "caption"):
-    ops.append(engine.Decode(max_tokens, images=False))
-  return ops
-
-
-def output_of(item, doc) -> Any:
-  """The sampled document -> what `score_item` wants (images, list of images, or text)."""
-  from mogao_jax.data import documents  # pylint: disable=g-import-not-at-top
-  gen = [p for role, p in doc if role == "gen"]
-  if item.kind == "story":
-    return [p.pixels for p in gen if isinstance(p, documents.Image)]
-  if item.kind in ("t2i", "edit"):
-    return next(p.pixels for p in gen if isinstance(p, documents.Image))
-  return " ".join(p.text for p in gen if isinstance(p, documents.Text))
-
-
-def _as_doc(item, output):
-  """Context + output as [(role, part)], for the report."""
-  from mogao_jax.data import documents  # pylint: disable=g-import-not-at-top
-  if item.kind == "story":
-    imgs = iter(output)
-    return [("gen", documents.Image(next(imgs))) if isinstance(p, documents.Image) and p.generate
-            else ("prompt", p) for p in item.context_parts]
-  ctx = [("prompt", p) for p in item.context_parts]
-  out = documents.Text(output) if isinstance(output, str) else documents.Image(output)
-  return ctx + [("gen", out)]
-
-
 def evaluate(workdir: str, *, n_per_category: int = 4, ground_truth: bool = False,
              out: str | None = None, kinds=None, sampler_kwargs=None, max_tokens: int = 32,
              use_ema: bool = True) -> dict[str, Any]:
-  """Runs the eval; returns what it wrote to eval.json. sampler_kwargs: engine.Sampler's
+  """Runs the eval; returns what it wrote to eval.json. sampler_kwargs: Sampler.from_config's
   (sc, batch_size, capacity, seed)."""
-  from mogao_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  from mogao_jax.sample import engine, load  # pylint: disable=g-import-not-at-top
-  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  config = load.load_config(workdir)
+  config = restore.load_config(workdir)
   items = eval_lib.eval_prompts(config, n_per_category, kinds=kinds or eval_lib.EVAL_KINDS)
   t0, meta = time.time(), {"mode": "ground_truth" if ground_truth else "model"}
   if ground_truth:
     outputs = [eval_lib.gold(it) for it in items]
   else:
-    params, step, tok = load.restore_params(workdir, config, use_ema)
-    kw = dict(sampler_kwargs or {})
-    kw.setdefault("capacity", -(-(config.data.l_txt + config.data.l_vis + max_tokens) // 64) * 64)
-    sampler = engine.Sampler(step_lib.make_model(config), params, tokenizer=tok,
-                             image_size=config.data.image_size,
-                             patch_size=config.data.patch_size, **kw)
-    docs = sampler.run([script_for(it, max_tokens) for it in items])
-    outputs = [output_of(it, d) for it, d in zip(items, docs)]
+    config, params, step, tok = load.load(workdir, use_ema)
+    sampler = engine.Sampler.from_config(config, params, tok, max_tokens=max_tokens,
+                                         **(sampler_kwargs or {}))
+    outputs = run.generate(sampler, items, max_tokens)
     meta |= {"step": step, "sampler": dataclasses.asdict(sampler.sc),
              "capacity": sampler.capacity, "batch_size": sampler.batch_size,
              "seed": sampler.seed, "max_tokens": max_tokens}
-  records = [eval_lib.score_item(it, o) | {"index": i} | (
-      {"output": o} if isinstance(o, str) else {}) for i, (it, o) in
-             enumerate(zip(items, outputs))]
+  records, summary = run.score(items, outputs)
   result = {**meta, "workdir": os.path.abspath(workdir), "n_per_category": n_per_category,
-            "seconds": round(time.time() - t0, 2), "summary": eval_lib.summarize(records),
-            "items": records}
+            "seconds": round(time.time() - t0, 2), "summary": summary, "items": records}
   out = out or os.path.join(workdir, "eval", "ground_truth" if ground_truth
                             else f"step_{meta['step']}")
   _write(out, result, items, outputs)
@@ -108,8 +65,6 @@ def evaluate(workdir: str, *, n_per_category: int = 4, ground_truth: bool = Fals
 
 
 def _write(out, result, items, outputs):
-  from mogao_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  from mogao_jax.sample import report  # pylint: disable=g-import-not-at-top
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "eval.json"), "w") as f:
     json.dump(result, f, indent=1)
@@ -128,8 +83,8 @@ def _write(out, result, items, outputs):
   rows, classes = [], []
   for it, o, r in zip(items, outputs, result["items"]):
     ok = r["ok"]
-    rows.append([f"{it.kind}/{it.category}", w.document(_as_doc(it, o), f"{r['index']}_"),
-                 w.document(_as_doc(it, eval_lib.gold(it)), f"{r['index']}_gold_"),
+    rows.append([f"{it.kind}/{it.category}", w.document(run.as_doc(it, o), f"{r['index']}_"),
+                 w.document(run.as_doc(it, eval_lib.gold(it)), f"{r['index']}_gold_"),
                  html_ok(ok)])
     classes.append("ok" if (all(ok) if isinstance(ok, list) else ok) else "bad")
   body += "<h2>items</h2>" + report.table(["item", "output", "ground truth", "ok"], rows, classes)
@@ -154,12 +109,11 @@ def main(argv):
   quiet_logs.install()
   options.workdir_or_usage_error(argv)
   f = options.FLAGS
-  kw = dict(sc=options.sample_config(), batch_size=f.batch_size, seed=f.seed)
-  if f.max_len:
-    kw["capacity"] = f.max_len
+  kw = options.sampler_kwargs()
+  max_tokens = kw.pop("max_tokens")
   result = evaluate(f.workdir, n_per_category=f.n_per_category, ground_truth=f["ground-truth"].value,
                     out=f.out, kinds=f.kinds, sampler_kwargs=kw,
-                    max_tokens=f.max_tokens, use_ema=f.use_ema)
+                    max_tokens=max_tokens, use_ema=f.use_ema)
   for kind, s in result["summary"].items():
     cats = ", ".join(f"{c} {v['acc']:.3f}" for c, v in s["categories"].items())
     logging.info("%s overall %.3f (%s)", kind, s["overall"], cats)

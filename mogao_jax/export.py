@@ -17,10 +17,11 @@ import os
 from absl import app
 from absl import flags
 import jax
-import ml_collections
-import orbax.checkpoint as ocp
 
 from mogao_jax import quiet_logs
+from mogao_jax.convert import qwen2, torch_export
+from mogao_jax.model.config import ModelConfig
+from mogao_jax.train import restore
 
 FORMATS = ("torch", "hf-qwen2")
 
@@ -35,38 +36,15 @@ _PARAMS = flags.DEFINE_enum("params", "params", ("params", "ema"),
 def restore_params(workdir: str, step: int | None = None, which: str = "params"):
   """(config, params as numpy) of a checkpoint in ``workdir``, restored on the CPU;
   ``which="ema"`` takes the EMA weights instead."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoints/ directory there")
-  from mogao_jax.train import checkpoint, optimizer  # pylint: disable=g-import-not-at-top
-  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  ckpt = checkpoint.Checkpointer(workdir, ml_collections.ConfigDict({"train": {}}))
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    config = ml_collections.ConfigDict(ckpt.saved_config(step))
-    model = step_lib.make_model(config)
-    tx, _ = optimizer.make_optimizer(config)
-    abstract = jax.eval_shape(
-        lambda k, b: step_lib.init_state(config, model, tx, k, b), jax.random.key(0),
-        step_lib.example_batch(config, 1))
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
-                            abstract)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    state = ckpt.manager.restore(step, args=args)["state"]
-  finally:
-    ckpt.close()
-  params = getattr(state, which)
-  if params is None:
-    raise ValueError(f"--params={which}: the checkpoint has no EMA (train.ema_decay was 0)")
+  config, step = restore.restore_config(workdir, step)
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  params, _, _ = restore.restore_params(workdir, step=step, which=which, sharding=cpu,
+                                        what=f"--workdir={workdir} --params")
   return config, jax.device_get(params)
 
 
 def export(workdir: str, fmt: str, out: str, step: int | None = None,
            which: str = "params") -> list[str]:
-  from mogao_jax.convert import qwen2, torch_export  # pylint: disable=g-import-not-at-top
-  from mogao_jax.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}: must be one of {FORMATS}")
   config, params = restore_params(workdir, step, which)

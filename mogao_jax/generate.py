@@ -15,6 +15,8 @@ from absl import logging
 
 from mogao_jax import quiet_logs
 from mogao_jax.sample import options
+from mogao_jax.data import documents
+from mogao_jax.sample import engine, load, report
 
 def define_flags() -> None:
   options.define()
@@ -31,11 +33,8 @@ def main(argv):
   quiet_logs.install()
   options.workdir_or_usage_error(argv)
   f = options.FLAGS
-  from mogao_jax.data import documents  # pylint: disable=g-import-not-at-top
-  from mogao_jax.sample import engine, load, report  # pylint: disable=g-import-not-at-top
   workdir = f.workdir
-  config = load.load_config(workdir)
-  params, step, tok = load.restore_params(workdir, config, f.use_ema)
+  config, params, step, tok = load.load(workdir, f.use_ema)
   script = []
   if f.image:
     script.append(documents.Image(report.load_png(f.image, config.data.image_size)))

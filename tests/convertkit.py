@@ -8,6 +8,7 @@ import optax
 from mogao_jax.convert import qwen2
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import rowkit
 from tests.configs import tiny_config
 
@@ -54,9 +55,9 @@ def init_state(c, tx=None, perturb=False):
   """(model, TrainState). Eager init (its per-op compiles are shared by every config; one jit
   per config compiles far longer on CPU). perturb: every parameter + 0.05 N(0, 1), drawn on the
   host, so zero-initialised heads and AdaLN terms matter too."""
-  model = step.make_model(c)
+  model = Mogao.from_config(c)
   state = step.init_state(c, model, tx or optax.sgd(0.0), jax.random.key(0),
-                          step.example_batch(c, 1))
+                          batch_lib.example_batch(c, 1))
   if perturb:
     rng = np.random.default_rng(1)
     params = jax.tree.map(

@@ -4,12 +4,13 @@ import jax
 import optax
 
 from mogao_jax.train import step
+from mogao_jax.data import batch as batch_lib
 
 
 def fresh_params(config, model):
   """The model's init params (seed 0), zero-initialised heads and AdaLN terms included."""
   return step.init_state(config, model, optax.sgd(0.0), jax.random.key(0),
-                         step.example_batch(config, 1)).params
+                         batch_lib.example_batch(config, 1)).params
 
 
 def perturbed_params(config, model, seed: int = 1, scale: float = 0.05):

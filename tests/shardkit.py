@@ -7,6 +7,7 @@ from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import rules as rules_lib
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
 
 
 def global_batches(config, n, workdir):
@@ -20,7 +21,7 @@ def run_steps(config, batches, devices=None):
   """Losses and grad norms of len(batches) train steps, plus the final state."""
   mesh = mesh_lib.make_mesh(config, devices=devices)
   rules = rules_lib.make_rules(config, mesh)
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
   bsh = rules_lib.batch_sharding(mesh, rules)
   place = lambda b: {k: jax.make_array_from_callback(v.shape, bsh, lambda idx, v=v: v[idx])

@@ -17,6 +17,8 @@ from mogao_jax.data.batch import Kind
 from mogao_jax.model import attention, layers, masks
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.model import flow
 from tests import modelkit, rowkit
 from tests.configs import tiny_config
 
@@ -152,7 +154,7 @@ def test_compiled_memory_is_below_the_mask():
 def model_setup():
   c = tiny_config()
   c.model.remat = "full"  # scanned (tiny_config keeps scan_layers) and rematerialised
-  model = step_lib.make_model(c)
+  model = Mogao.from_config(c)
   params = modelkit.perturbed_params(c, model)
   batch = {k: jnp.asarray(v) for k, v in _rows(c.data.l_txt, c.data.l_vis).items()}
   rng = np.random.default_rng(3)
@@ -160,12 +162,12 @@ def model_setup():
                                    jnp.float32)
   batch["vis_latent"] = jnp.asarray(rng.uniform(-1, 1, batch["vis_latent"].shape[:2] + (48,)),
                                     jnp.float32)
-  t_BN, noise = step_lib.draw_noise(jax.random.key(0), batch, c.flow)
+  t_BN, noise = flow.draw_noise(jax.random.key(0), batch, c.flow)
   return c, params, batch, t_BN, noise
 
 
 def _loss_and_grads(c, params, batch, t_BN, noise):
-  model = step_lib.make_model(c)
+  model = Mogao.from_config(c)
   fn = lambda p: step_lib.loss_fn(p, model, batch, t_BN, noise, c.loss)[0]  # noqa: E731
   return jax.jit(jax.value_and_grad(fn))(params)
 

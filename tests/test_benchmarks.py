@@ -13,6 +13,7 @@ from benchmarks import step as bench_step
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
 from tests import rowkit
 
 
@@ -46,7 +47,7 @@ def test_flops_by_hand(config):
 
 def test_pathway_count_matches_the_parameters(config):
   """Independent check: a pathway's matmul FLOPs per token = 2 x its kernels' sizes."""
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
   b = _hand_batch(config)
   state = jax.eval_shape(lambda k: step_lib.init_state(config, model, tx, k, b),

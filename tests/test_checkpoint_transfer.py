@@ -12,14 +12,16 @@ from mogao_jax.train import optimizer
 from mogao_jax.train import step as step_lib
 from mogao_jax.train import transfer
 from mogao_jax.train.state import TrainState
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.data import batch as batch_lib
 
 
 def _placed_state(config, devices):
   """The tiny model's real TrainState on a mesh over ``devices`` (config.mesh.shape)."""
   mesh = mesh_lib.make_mesh(config, devices)
   rules = rules_lib.make_rules(config, mesh)
-  model, (tx, _) = step_lib.make_model(config), optimizer.make_optimizer(config)
-  batch = step_lib.example_batch(config, 1)
+  model, (tx, _) = Mogao.from_config(config), optimizer.make_optimizer(config)
+  batch = batch_lib.example_batch(config, 1)
   with rules_lib.activate(mesh, rules):
     specs = step_lib.state_logical_specs(config, model, tx, batch)
     shardings = rules_lib.logical_to_sharding(specs, mesh, rules)
@@ -82,7 +84,7 @@ def test_params_only_restore_reports_differences(config, tmp_path):
   assert "step 5" in text and "unexpected: 1" in text and "    old" in text
   # A step dir works too; a dir without checkpoints is a clear error naming the key.
   assert transfer.load_params(str(src / "checkpoints" / "5"), target)[1] == report
-  with pytest.raises(ValueError, match="init.params_from"):
+  with pytest.raises(FileNotFoundError, match="init.params_from"):
     transfer.load_params(str(tmp_path / "nowhere"), target)
   with pytest.raises(ValueError, match="no parameter .* matches"):
     transfer.load_params(str(src), {"zzz": jnp.zeros((7,))})

@@ -1,4 +1,4 @@
-"""`python -m mogao_jax.data.encode_latents`: a tiny random VAE over a tiny JSONL folder.
+"""`python -m mogao_jax.encode_latents`: a tiny random VAE over a tiny JSONL folder.
 
 The job's latents equal the VAE encoder applied directly to the pixels training decodes
 (float32 storage: 1e-5 relative to the largest latent; float16: 1e-3), 2 shards give the
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mogao_jax.data import encode_latents as enc
+from mogao_jax import encode_latents as enc
 from mogao_jax.data import latents as latents_lib
 from mogao_jax.data import records
 from mogao_jax.data.sources import arrayrecord
@@ -241,7 +241,7 @@ def test_field_round_trip_and_bad_fields():
 
 def test_command_line(world, tmp_path):
   src, vae_json, _, _ = world
-  r = subprocess.run([sys.executable, "-m", "mogao_jax.data.encode_latents", f"--source={src}",
+  r = subprocess.run([sys.executable, "-m", "mogao_jax.encode_latents", f"--source={src}",
                       f"--vae={vae_json}", f"--out={tmp_path}", "--image_buckets=16x16,16x24",
                       "--num_shards=2", "--shard_index=1", "--batch_size=2"],
                      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,

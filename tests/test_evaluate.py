@@ -13,6 +13,8 @@ from mogao_jax.sample import sampling
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.data import batch as batch_lib
 from tests.configs import tiny_config
 
 KINDS = ("t2i", "edit", "story", "vqa", "caption")
@@ -30,9 +32,9 @@ def workdir(tmp_path_factory):
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(ckpt_lib.config_to_json(c), f)
   pipeline.make_tokenizer(c, path)
-  model = step.make_model(c)
+  model = Mogao.from_config(c)
   tx, _ = optim_lib.make_optimizer(c)
-  state = step.init_state(c, model, tx, jax.random.key(0), step.example_batch(c, 1))
+  state = step.init_state(c, model, tx, jax.random.key(0), batch_lib.example_batch(c, 1))
   with ckpt_lib.Checkpointer(path, c) as ckpt:
     ckpt.save(3, state, {}, c)
   return path

@@ -8,6 +8,8 @@ import pytest
 
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.data import batch as batch_lib
 from tests import shardkit
 from tests.configs import tiny_config
 
@@ -40,9 +42,9 @@ def test_two_microbatches_match_one_pass(runs):
 def test_batch_not_divisible_names_the_key():
   c = tiny_config()  # 8 rows
   c.train.grad_accum_steps = 3
-  model = step_lib.make_model(c)
+  model = Mogao.from_config(c)
   tx, _ = optim_lib.make_optimizer(c)
-  batch = step_lib.example_batch(c)
+  batch = batch_lib.example_batch(c)
   state = jax.eval_shape(lambda b: step_lib.init_state(c, model, tx, jax.random.key(0), b), batch)
   with pytest.raises(ValueError, match=r"data.batch_size = 8 .* train.grad_accum_steps = 3"):
     jax.eval_shape(step_lib.make_train_step(c, model, tx), state, batch)

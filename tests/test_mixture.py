@@ -38,14 +38,20 @@ def _take(it, n):
   return [next(it) for _ in range(n)]
 
 
-def test_world_configs_keep_the_world_graph(config, tok):
-  """data.source = "world" and data.sources = ["world"] are the original graph, batch for batch
-  (its state has no mixture guard: old checkpoints still restore)."""
+def test_world_configs_are_one_graph(config, tok):
+  """data.source = "world" and data.sources = ["world"] are the same graph, batch for batch;
+  a world-only iterator state saved before the world joined the mixture graph (no guard
+  header: the inner state alone) still resumes."""
   a = pipeline.make_pipeline(config, tok)
   want = _take(a, 2)
-  assert "pipeline" not in a.get_state()
+  state = a.get_state()
+  assert state["pipeline"]["sources"] == [["world", "world", 1.0]]
+  then = _take(a, 2)
   config.data.sources = ["world"]
   sourcekit.same_batches(want, _take(pipeline.make_pipeline(config, tok), 2))
+  old = pipeline.make_pipeline(config, tok)
+  old.set_state(state["iterator"])
+  sourcekit.same_batches(then, _take(old, 2))
 
 
 def test_weights_and_per_source_counters(config, files, tok):
@@ -117,9 +123,11 @@ def test_state_guard_names_what_differs(config, files, tok):
     reweighted.set_state(before.get_state())
   plain = config.copy_and_resolve_references()
   plain.data.sources = []
-  old = pipeline.make_pipeline(plain, tok)
-  with pytest.raises(ValueError, match="single-world pipeline"):
-    reweighted.set_state(old.get_state())
+  world = pipeline.make_pipeline(plain, tok)
+  with pytest.raises(ValueError, match="sources"):
+    reweighted.set_state(world.get_state())
+  with pytest.raises(ValueError, match="older pipeline"):  # a pre-guard world state
+    reweighted.set_state(world.get_state()["iterator"])
   json.loads(pipeline.state_to_json(reweighted.get_state()))  # still plain JSON
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from mogao_jax.data.batch import Kind
 from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import modelkit, rowkit
 from tests.configs import tiny_config
 
@@ -19,7 +20,7 @@ GRID = 2
 @pytest.fixture(scope="module")
 def setup():
   c = tiny_config()
-  model = step.make_model(c)
+  model = Mogao.from_config(c)
   params = modelkit.perturbed_params(c, model)
   losses = jax.jit(functools.partial(step.per_slot_losses, model))
   apply = jax.jit(lambda p, inputs, t: model.apply({"params": p}, inputs, t))

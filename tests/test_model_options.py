@@ -10,6 +10,8 @@ import pytest
 
 from mogao_jax.data import pipeline
 from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.model import flow
 from tests.configs import tiny_config
 
 
@@ -18,14 +20,14 @@ def reference(tmp_path_factory):
   c = tiny_config()
   batch = next(pipeline.make_pipeline(c, pipeline.make_tokenizer(
       c, str(tmp_path_factory.mktemp("tok")))))
-  params = step.init_state(c, step.make_model(c), optax.sgd(0.0), jax.random.key(0),
+  params = step.init_state(c, Mogao.from_config(c), optax.sgd(0.0), jax.random.key(0),
                            batch).params
-  noise = step.draw_noise(jax.random.key(1), batch, c.flow)
+  noise = flow.draw_noise(jax.random.key(1), batch, c.flow)
   return c, batch, params, noise, _loss_and_grad(c, params, batch, noise)
 
 
 def _loss_and_grad(c, params, batch, noise):
-  fn = functools.partial(step.loss_fn, model=step.make_model(c), batch=batch, t_BN=noise[0],
+  fn = functools.partial(step.loss_fn, model=Mogao.from_config(c), batch=batch, t_BN=noise[0],
                          noise_BVC=noise[1], loss_cfg=c.loss)
   (loss, _), grads = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
   return float(loss), grads

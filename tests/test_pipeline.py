@@ -5,6 +5,7 @@ import pytest
 
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import pipeline
+from mogao_jax.data.sources import specs
 
 
 @pytest.fixture
@@ -54,9 +55,11 @@ def test_state_roundtrip_in_fresh_pipeline(config, tok):
 
 
 def test_processes_read_disjoint_documents(config, tok):
-  shards = [pipeline.document_indices(config, process_index=p, process_count=2)
+  (world,) = specs.mixture(config.data)
+  shards = [pipeline.source_documents(config, world, 0, process_index=p, process_count=2)
             for p in range(2)]
-  firsts = [{shard[i] for i in range(500)} for shard in shards]
+  firsts = [{shard[i].meta["world_index"] for i in range(200)} for shard in shards]
+  assert all(len(f) == 200 for f in firsts)
   assert not firsts[0] & firsts[1]
   b0, b1 = (next(pipeline.make_pipeline(config, tok, process_index=p, process_count=2))
             for p in range(2))

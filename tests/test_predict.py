@@ -7,7 +7,7 @@ import pytest
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data.batch import Kind
 from mogao_jax.model.config import ModelConfig
-from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import modelkit, rowkit
 
 
@@ -23,7 +23,7 @@ def _apply(config, params, t):
   b["vis_latent"] = np.where(nvae[..., None], rng.normal(size=b["vis_latent"].shape),
                              b["vis_latent"]).astype(np.float32)
   t_BV = np.where(nvae, t, 1.0).astype(np.float32)
-  _, v = step.make_model(c).apply({"params": params}, batch_lib.model_inputs(b), t_BV)
+  _, v = Mogao.from_config(c).apply({"params": params}, batch_lib.model_inputs(b), t_BV)
   return b["vis_latent"], np.asarray(v), nvae
 
 
@@ -32,10 +32,10 @@ def test_fresh_x1_model_estimates_zero_velocity_model_keeps_its_input(config, t)
   # The vision head starts at zero. Predicting velocity, the one-step clean estimate
   # x_t + (1 - t) v is then x_t itself; predicting x1, it is 0 (the head's output) for any t.
   config.model.predict = "velocity"
-  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, step.make_model(config)), t)
+  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, Mogao.from_config(config)), t)
   np.testing.assert_allclose(v[nvae], 0.0, atol=1e-6)
   config.model.predict = "x1"
-  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, step.make_model(config)), t)
+  x_t, v, nvae = _apply(config, modelkit.fresh_params(config, Mogao.from_config(config)), t)
   x1_hat = x_t + (1.0 - t) * v
   np.testing.assert_allclose(x1_hat[nvae], 0.0, atol=1e-5)
   assert np.abs(x_t[nvae]).mean() > 0.5  # so the check above is not about an all-zero input
@@ -44,7 +44,7 @@ def test_fresh_x1_model_estimates_zero_velocity_model_keeps_its_input(config, t)
 def test_x1_velocity_is_finite_on_clean_slots(config):
   # CVAE slots carry t = 1, where (x1 - x_t) / (1 - t) would divide by zero: 1 - t is clamped.
   config.model.predict = "x1"
-  params = modelkit.perturbed_params(config, step.make_model(config))
+  params = modelkit.perturbed_params(config, Mogao.from_config(config))
   _, v, _ = _apply(config, params, 1.0)
   assert np.isfinite(v).all() and np.abs(v).max() > 0
 

@@ -24,6 +24,7 @@ from mogao_jax.data import transforms
 from mogao_jax.data.batch import Kind
 from mogao_jax.data.sources import world
 from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import modelkit
 from tests.configs import tiny_config
 
@@ -126,7 +127,7 @@ def test_non_square_image_document_encodes_with_its_grid(tok):
 
 def test_non_square_document_packs_and_runs_forward(tok):
   c = tiny_config()  # image_size 16, patch 4, vit_grid 4, l_txt = l_vis = 64
-  model = step.make_model(c)
+  model = Mogao.from_config(c)
   params = modelkit.perturbed_params(c, model)
   rng = np.random.default_rng(0)
   wide = rng.integers(0, 256, (8, 16, 3), np.uint8)  # 2 x 4 patches

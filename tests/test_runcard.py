@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mogao_jax import runcard
+from mogao_jax.train import runcard
 from mogao_jax.parallel import mesh as mesh_lib
 from tests import runskit
 

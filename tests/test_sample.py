@@ -12,7 +12,7 @@ from mogao_jax.data import documents, encoding
 from mogao_jax.data.batch import Kind
 from mogao_jax.model import flow
 from mogao_jax.sample import engine, sampling, slots
-from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import modelkit
 from tests.configs import tiny_config
 
@@ -36,7 +36,7 @@ class FakeTokenizer:
 @pytest.fixture(scope="module")
 def setup():
   c = tiny_config()
-  model = step.make_model(c)
+  model = Mogao.from_config(c)
   params = modelkit.perturbed_params(c, model)
   full = jax.jit(lambda p, b: model.apply({"params": p}, b, jnp.ones(b["vis_kind"].shape))[0])
   make = functools.partial(engine.Sampler, model, params, tokenizer=FakeTokenizer(),

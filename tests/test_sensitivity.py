@@ -9,7 +9,7 @@ from mogao_jax.data import pipeline
 from mogao_jax.data.sources import world
 from mogao_jax.data.sources.world import scene as scene_lib
 from mogao_jax.eval import denoise, sensitivity
-from mogao_jax.train import step
+from mogao_jax.model.mogao import Mogao
 from tests import modelkit
 
 
@@ -20,7 +20,7 @@ def tokenizer(tmp_path_factory):
 
 
 def _sens(config, tokenizer, cls):
-  params = modelkit.perturbed_params(config, step.make_model(config))
+  params = modelkit.perturbed_params(config, Mogao.from_config(config))
   return sensitivity.word_sensitivity(config, params, tokenizer, cls, times=(0.3,))[0.3]
 
 
@@ -60,7 +60,7 @@ def test_denoise_error_of_a_zero_x1_head_is_the_image_power_at_every_t(config, t
   # (1 - t) scaling of the velocity error would make the errors depend on t (and the noise
   # then on the values: with x1_hat = 0 the right error holds for any noise).
   assert config.model.predict == "x1"
-  params = modelkit.fresh_params(config, step.make_model(config))
+  params = modelkit.fresh_params(config, Mogao.from_config(config))
   errs = denoise.x1_errors(config, params, tokenizer, n=3, times=(0.0, 0.5, 0.9), seed=5)
   rng = np.random.default_rng(5)
   power = [np.mean(np.square(world.render(scene_lib.sample_in_split(

@@ -21,6 +21,8 @@ from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.data import batch as batch_lib
 from tests.configs import REPO, load_config
 
 GOLDEN_DIR = REPO / "tests" / "golden"
@@ -38,9 +40,9 @@ def parameter_specs(name: str) -> dict:
   c.mesh.shape = ml_collections.ConfigDict(MESH)
   mesh = mesh_lib.make_mesh(c, jax.devices()[:8])
   rules = rules_lib.make_rules(c, mesh)
-  model = step_lib.make_model(c)
+  model = Mogao.from_config(c)
   tx, _ = optim_lib.make_optimizer(c)
-  specs = step_lib.state_logical_specs(c, model, tx, step_lib.example_batch(c, batch_size=1))
+  specs = step_lib.state_logical_specs(c, model, tx, batch_lib.example_batch(c, batch_size=1))
   shardings = rules_lib.logical_to_sharding(specs.params, mesh, rules)
   flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
   path_of = report._path  # pylint: disable=protected-access

@@ -59,7 +59,7 @@ def test_spec_syntax_and_errors(tmp_path):
                                                           ("world", "world", 0.3)]
   named = specs.mixture(D(sources={"a": "jsonl:/a/x.jsonl", "b": {"spec": "world", "weight": 2}}))
   assert [(m.name, m.weight) for m in named] == [("a", 1.0), ("b", 2.0)]
-  assert specs.is_plain_world(specs.mixture(D(source="world")))
+  assert [(s.kind, s.name) for s in specs.mixture(D(source="world"))] == [("world", "world")]
   with pytest.raises(ValueError, match="used twice"):
     specs.mixture(D(source="world?name=a;jsonl:/x.jsonl?name=a"))
   with pytest.raises(ValueError, match="unknown key"):

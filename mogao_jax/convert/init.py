@@ -16,6 +16,8 @@ from absl import logging
 import jax
 
 from mogao_jax.convert import qwen2
+from mogao_jax.model.mogao import copy_text_to_vision
+from mogao_jax.convert import siglip
 
 
 def _key(config, name: str) -> str:
@@ -29,7 +31,6 @@ def requested(config) -> bool:
 
 def apply(config, params: dict) -> tuple[dict, list[str]]:
   """Host-side: params (plain nested dict) with the configured pretrained parts loaded."""
-  from mogao_jax.model.mogao import copy_text_to_vision  # pylint: disable=g-import-not-at-top
   report = []
   text = _key(config, "text")
   if text:
@@ -42,7 +43,6 @@ def apply(config, params: dict) -> tuple[dict, list[str]]:
                     "(model.vision_init=copy_text)")
   vit = _key(config, "vit")
   if vit:
-    from mogao_jax.convert import siglip  # pylint: disable=g-import-not-at-top
     params, lines = siglip.import_into_model(config, params, vit)
     report += [f"[init.vit] {ln}" for ln in lines]
   return params, report

@@ -99,3 +99,13 @@ def check_batch(batch: Mapping[str, np.ndarray], l_txt: int, l_vis: int, patch_d
 def model_inputs(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The fields the model reads (targets and loss weights stay with the train step)."""
   return {k: v for k, v in batch.items() if k not in ("txt_target", "txt_loss_w", "vis_loss_w")}
+
+
+def example_batch(config, batch_size: int | None = None) -> dict[str, np.ndarray]:
+  """An all-padding batch with a run config's shapes (``data.l_txt`` / ``l_vis``,
+  ``model.patch_dim`` / ``latent_dim``), for init and shape inference; ``batch_size`` rows
+  (default ``data.batch_size``)."""
+  d, m = config.data, config.model
+  row = empty_row(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim)
+  n = batch_size or d.batch_size
+  return {k: np.zeros((n,) + v.shape, v.dtype) for k, v in row.items()}

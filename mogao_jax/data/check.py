@@ -29,6 +29,7 @@ from typing import Any
 from mogao_jax.data import pipeline
 from mogao_jax.data import records
 from mogao_jax.data.sources import specs as specs_lib
+from mogao_jax import quiet_logs
 
 WORLD_DEFAULT_LIMIT = 1000
 _REPAIRS_FROM_PACKER = ("doc/truncated",)
@@ -159,7 +160,6 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
-  from mogao_jax import quiet_logs  # pylint: disable=g-import-not-at-top
   quiet_logs.install()
   _define_flags()
   app.run(main)

@@ -1,21 +1,16 @@
-"""The Grain graph: documents -> shard by process -> shuffle -> ECTF -> pack -> batch.
+"""The Grain graph, one for every source: documents -> shard by process -> shuffle -> ECTF ->
+pack -> batch. Per source k of the mixture (the spec syntax is in data/sources/specs.py; the
+default is the built-in world alone):
 
-The built-in world alone (config.data.source = "world", the default):
+  world:  MapDataset.range(N) -> [process_index::process_count] -> shuffle(seed_k)
+          -> map(make document i: a pure function of (config.seed, split, i); no files)
+  files:  MapDataset.source(records) -> [process_index::process_count] -> shuffle(seed_k)
+          -> map(records.to_document: decode, validate, resize to a bucket; issues travel with it)
+  -> repeat
 
-  MapDataset.range(N) -> [process_index::process_count] -> shuffle(seed) -> map(make document)
-  -> repeat -> to_iter_dataset -> map(tokenise + ECTF) -> PackIterDataset -> batch
-
-Document i of a split is a pure function of (config.seed, split, i), so the stream needs no
-files, and each process reads a disjoint set of indices.
-
-Any other source, or several (a mixture; the spec syntax is in data/sources/specs.py), per
-source k:
-
-  MapDataset.source(records) -> [process_index::process_count] -> shuffle(seed_k) -> repeat
-  -> map(records.to_document: decode, validate, resize to a bucket; issues travel with it)
-
-then MapDataset.mix(sources, weights) -> to_iter_dataset -> map(tokenise + ECTF, truncating a
-document longer than a row at a text boundary) -> PackIterDataset -> batch -> state guard.
+then MapDataset.mix(sources, weights) (one source: itself) -> condition dropout ->
+to_iter_dataset -> map(tokenise + ECTF, truncating a document longer than a row at a text
+boundary) -> PackIterDataset -> batch -> state guard.
 Every source is sharded BEFORE its shuffle, so each process reads a disjoint, fixed part of it
 (union = the source) and an epoch of a process is a permutation of its shard (reshuffled each
 epoch). Mixing is Grain's deterministic proportional interleave, so the whole per-process
@@ -70,9 +65,8 @@ def make_tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
   return tok
 
 
-def _check(config, process_index: int, process_count: int) -> int:
+def _check(config, mix, process_index: int, process_count: int) -> int:
   d = config.data
-  mix = specs_lib.mixture(d)
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
   if d.batch_size % process_count:
@@ -87,13 +81,13 @@ def _check(config, process_index: int, process_count: int) -> int:
       world.check_weights(d.t2i_weights, world.T2I_CATEGORIES, "config.data.t2i_weights")
     if "story_steps" in d:
       world.check_story_steps(d.story_steps)
-  if not specs_lib.is_plain_world(mix):
+  if any(s.kind != "world" for s in mix):
     vit_grid = config.model.get("vit_grid") if "model" in config else None
     records.check_resolution_fits(records.Resolution.from_config(d), d.patch_size, vit_grid)
   latents.check_config(config)
   if latents.vision_slots(d)[0] and any(s.kind == "world" for s in mix):
     raise ValueError("config.data.latents='precomputed' needs sources whose images carry "
-                     "latents (python -m mogao_jax.data.encode_latents); the world has none")
+                     "latents (python -m mogao_jax.encode_latents); the world has none")
   patch_dim = d.patch_size * d.patch_size * 3  # pixel space: the "latent" is the patch too
   for key in ("patch_dim",) if latents.vision_slots(d)[0] else ("patch_dim", "latent_dim"):
     if "model" in config and config.model.get(key, patch_dim) != patch_dim:
@@ -102,11 +96,12 @@ def _check(config, process_index: int, process_count: int) -> int:
   return d.batch_size // process_count
 
 
-def _world_doc(index, *, seed, image_size, doc_weights, source="", **kwargs):
+def _world_doc(index, *, seed, image_size, doc_weights, source, **kwargs):
+  """World document ``index``; its meta names the source (the per-source counters) and the
+  index (which document of the world it is)."""
   doc = world.make_document(seed, int(index), image_size, doc_weights, **kwargs)
-  if source:  # in a mixture: the name for the per-source counters
-    doc = dataclasses.replace(doc, meta={**doc.meta, records.SOURCE: source})
-  return doc
+  return dataclasses.replace(doc, meta={**doc.meta, records.SOURCE: source,
+                                        "world_index": int(index)})
 
 
 def _world_kwargs(d, split: str) -> dict[str, Any]:
@@ -117,20 +112,6 @@ def _world_kwargs(d, split: str) -> dict[str, Any]:
   if "story_steps" in d:
     kwargs["story_steps"] = tuple(d.story_steps)
   return kwargs
-
-
-def _encode(doc, *, tokenizer, patch_size):
-  return encoding.encode_document(doc, tokenizer, patch_size)
-
-
-def document_indices(config, *, split: str = "train", process_index: int = 0,
-                     process_count: int = 1) -> grain.MapDataset:
-  """The world document indices this process reads, in order: its shard, shuffled."""
-  if split not in _SPLITS:
-    raise ValueError(f"unknown split {split!r}; known: {sorted(_SPLITS)}")
-  ds = grain.MapDataset.range(_NUM_INDICES)
-  ds = ds[process_index::process_count]
-  return ds.shuffle(seed=config.seed + 7919 * _SPLITS[split])
 
 
 class _Reads:
@@ -181,10 +162,11 @@ def source_documents(config, spec: specs_lib.Spec, k: int, *, split: str = "trai
                                   resolution=records.Resolution.from_config(d)))
 
 
-def mixed_documents(config, *, split: str = "train", process_index: int = 0,
+def mixed_documents(config, mix=None, *, split: str = "train", process_index: int = 0,
                     process_count: int = 1) -> grain.MapDataset:
-  """This process's Documents of the whole mixture (config.data.source / sources)."""
-  mix = specs_lib.mixture(config.data)
+  """This process's Documents of the whole mixture (``mix``: specs_lib.mixture(config.data),
+  parsed by the caller)."""
+  mix = specs_lib.mixture(config.data) if mix is None else mix
   parts = [source_documents(config, s, k, split=split, process_index=process_index,
                             process_count=process_count) for k, s in enumerate(mix)]
   if len(parts) == 1:
@@ -202,44 +184,11 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
   """The per-process dataset of packed batches (see module docstring).
 
   `limit_docs` (the dataset doctor's): only the first N documents of the stream, the last
-  batch possibly short; the world then goes through the mixture graph too."""
-  local_batch = _check(config, process_index, process_count)
+  batch possibly short."""
   d = config.data
-  if limit_docs is not None or not specs_lib.is_plain_world(specs_lib.mixture(d)):
-    return _make_mixed_dataset(config, tokenizer, local_batch, split=split,
-                               process_index=process_index, process_count=process_count,
-                               limit_docs=limit_docs)
-  patch_dim = d.patch_size * d.patch_size * 3
-  ds = document_indices(config, split=split, process_index=process_index,
-                        process_count=process_count)
-  ds = ds.map(functools.partial(_world_doc, seed=[config.seed, _SPLITS[split]],
-                                image_size=d.image_size, doc_weights=dict(d.doc_weights),
-                                **_world_kwargs(d, split)))
-  ds = transforms.apply_cond_dropout(ds, config, split)
-  ds = ds.repeat()
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.get("read_threads", 2),
-                                            prefetch_buffer_size=64))
-  ds = ds.map(functools.partial(_encode, tokenizer=tokenizer, patch_size=d.patch_size))
-  ds = _maybe_workers(ds, d)
-  ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis, patch_dim=patch_dim,
-                               latent_dim=patch_dim, open_rows=d.get("pack_open_rows", 4))
-  return ds.batch(local_batch, drop_remainder=True)
-
-
-def _maybe_workers(ds: grain.IterDataset, d) -> grain.IterDataset:
-  if d.get("num_workers", 0) > 0:
-    # Grain's worker processes read absl flags; outside absl.app (tests, notebooks) use defaults.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
-  return ds
-
-
-def _make_mixed_dataset(config, tokenizer, local_batch: int, *, split: str, process_index: int,
-                        process_count: int, limit_docs: int | None = None) -> grain.IterDataset:
-  d = config.data
-  patch_dim = d.patch_size * d.patch_size * 3
-  ds = mixed_documents(config, split=split, process_index=process_index,
+  mix = specs_lib.mixture(d)  # the one parse of the spec; everything below takes `mix`
+  local_batch = _check(config, mix, process_index, process_count)
+  ds = mixed_documents(config, mix, split=split, process_index=process_index,
                        process_count=process_count)
   ds = transforms.apply_cond_dropout(ds, config, split)
   if limit_docs is not None:
@@ -251,15 +200,25 @@ def _make_mixed_dataset(config, tokenizer, local_batch: int, *, split: str, proc
                                 max_len=(d.l_txt, d.l_vis), latent_patch=latent_patch,
                                 latent_dim=latent_dim))
   ds = _maybe_workers(ds, d)
-  ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis, patch_dim=patch_dim,
+  ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis,
+                               patch_dim=d.patch_size * d.patch_size * 3,
                                latent_dim=latent_dim, open_rows=d.get("pack_open_rows", 4))
   ds = ds.batch(local_batch, drop_remainder=limit_docs is None)
-  return _StateGuard(ds, _state_header(config, split, process_index, process_count))
+  return _StateGuard(ds, _state_header(mix, split, process_index, process_count))
 
 
-def _state_header(config, split, process_index, process_count) -> dict[str, Any]:
+def _maybe_workers(ds: grain.IterDataset, d) -> grain.IterDataset:
+  if d.get("num_workers", 0) > 0:
+    # Grain's worker processes read absl flags; outside absl.app (tests, notebooks) use defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
+  return ds
+
+
+def _state_header(mix, split, process_index, process_count) -> dict[str, Any]:
   return {"split": split, "process_index": process_index, "process_count": process_count,
-          "sources": [[s.name, s.text, s.weight] for s in specs_lib.mixture(config.data)]}
+          "sources": [[s.name, s.text, s.weight] for s in mix]}
 
 
 class _StateGuard(grain.IterDataset):
@@ -294,10 +253,16 @@ class _StateGuardIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     saved = state.get("pipeline") if isinstance(state, dict) else None
+    if saved is None and [s[0] for s in self._header["sources"]] == ["world"]:
+      # A world-only run saved before the world joined the mixture graph: its iterator state
+      # is this graph's inner state (the same Grain nodes), so it resumes as it was.
+      self._parent.set_state(state)
+      return
     if saved is None:
-      raise ValueError("data iterator state was saved by the single-world pipeline, but this "
-                       f"run reads the mixture {self._header['sources']}; the data position "
-                       "cannot be carried over (use a fresh workdir or init.params_from)")
+      raise ValueError("data iterator state was saved by an older pipeline (before the world"
+                       " became a source of the mixture graph), but this run reads "
+                       f"{self._header['sources']}; the data position cannot be carried over"
+                       " (use a fresh workdir or init.params_from)")
     ours = self._header
     if (saved["process_index"], saved["process_count"]) != (ours["process_index"],
                                                             ours["process_count"]):

@@ -21,6 +21,8 @@ from absl import logging
 
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data.sources import specs as specs_lib
+from mogao_jax.data import pipeline
+from mogao_jax.data.sources import world
 
 MAX_LINE_BYTES = 4000  # under sentencepiece's max_sentence_length (4192 bytes)
 
@@ -30,8 +32,6 @@ def text_lines(spec: str, limit: int = 0) -> Iterator[str]:
   that do not parse are skipped. `world`: the corpus the pipeline's default tokenizer uses."""
   s = specs_lib.parse(spec)
   if s.kind == "world":
-    from mogao_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    from mogao_jax.data.sources import world  # pylint: disable=g-import-not-at-top
     n = pipeline._TOKENIZER_CORPUS_SCENES  # pylint: disable=protected-access
     yield from world.world_text_corpus(n)
     return

@@ -23,7 +23,7 @@ from mogao_jax.data.sources import world
 from mogao_jax.data.sources.world import scene as scene_lib
 from mogao_jax.eval import sensitivity
 from mogao_jax.sample import load
-from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
 
 TIMES = (0.0, 0.3, 0.6, 0.9, 0.97)
 
@@ -32,7 +32,7 @@ def x1_errors(config, params, tokenizer, n: int = 24, times=TIMES,
               seed: int = 0) -> dict[float, float]:
   """{t: mean over n held-out described scenes of the per-pixel MSE of x1_hat}. Scene i is
   noised with the noise of seed + i at every t."""
-  apply = jax.jit(step_lib.make_model(config).apply)
+  apply = jax.jit(Mogao.from_config(config).apply)
   rng = np.random.default_rng(seed)
   errors = {t: [] for t in times}
   for i in range(n):
@@ -47,8 +47,7 @@ def x1_errors(config, params, tokenizer, n: int = 24, times=TIMES,
 
 
 def report(workdir: str, n: int) -> str:
-  config = load.load_config(workdir)
-  params, step, tokenizer = load.restore_params(workdir, config)
+  config, params, step, tokenizer = load.load(workdir)
   errs = x1_errors(config, params, tokenizer, n)
   return (f"step {step}, {n} held-out described scenes: MSE of x1_hat by t\n"
           + "  ".join(f"t={t}: {e:.4f}" for t, e in errs.items()))

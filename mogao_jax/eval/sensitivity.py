@@ -23,7 +23,8 @@ from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import documents, encoding, packing
 from mogao_jax.data.sources import world
 from mogao_jax.sample import load
-from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.model import flow
 
 CLASSES = {"colour": list(world.COLOURS), "shape": list(world.SHAPES),
            "size": list(world.SIZES)}
@@ -57,7 +58,7 @@ def noised_velocities(apply, params, b, t: float, seed: int = 0):
   nvae = b["vis_kind"][0] == batch_lib.Kind.NVAE
   noise = np.random.default_rng(seed).standard_normal(b["vis_latent"].shape).astype(np.float32)
   n_ids = int(b["vis_image"].max()) + 1
-  inputs, t_BV, target = step_lib.apply_noise(batch_lib.model_inputs(b),
+  inputs, t_BV, target = flow.apply_noise(batch_lib.model_inputs(b),
                                               np.full((1, n_ids), t, np.float32), noise)
   _, v = apply({"params": params}, inputs, t_BV)
   return np.asarray(v)[0][nvae], np.asarray(target)[0][nvae]
@@ -66,7 +67,7 @@ def noised_velocities(apply, params, b, t: float, seed: int = 0):
 def word_sensitivity(config, params, tokenizer, cls: str, times=TIMES) -> dict[float, tuple]:
   """{t: (max, mean)} of |v(prompt with word a) - v(prompt with word b)| over every pair of
   the class's words (the other words at BASE)."""
-  apply = jax.jit(step_lib.make_model(config).apply)
+  apply = jax.jit(Mogao.from_config(config).apply)
   pixels = _base_pixels(config)
   rows = [t2i_row(config, tokenizer, _prompt(BASE | {cls: w}), pixels) for w in CLASSES[cls]]
   out = {}
@@ -91,8 +92,7 @@ def embedding_cosine(params, tokenizer, words) -> float:
 
 
 def report(workdir: str) -> str:
-  config = load.load_config(workdir)
-  params, _, tokenizer = load.restore_params(workdir, config)
+  config, params, _, tokenizer = load.load(workdir)
   head = "class    emb cos  " + "  ".join(f"t={t}: max / mean |dv|" for t in TIMES)
   lines = [head]
   for cls, words in CLASSES.items():

@@ -21,6 +21,11 @@ T_EMBED_DIM = 256
 class Mogao(nn.Module):
   cfg: ModelConfig
 
+  @classmethod
+  def from_config(cls, config) -> "Mogao":
+    """The model of a run config (its ``model`` section): the one factory every path uses."""
+    return cls(ModelConfig.from_config(config.model))
+
   def setup(self):
     c = self.cfg
     self.embed_tokens = nn.Embed(

@@ -39,6 +39,7 @@ from mogao_jax import config_args
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import rules as rules_lib
+from mogao_jax.model.mogao import Mogao
 
 GIB = 2**30
 
@@ -51,12 +52,11 @@ def _ways(axes, sizes) -> int:
 def parameter_split(config, num_devices: int) -> dict:
   """Exact parameter count, per-device parameter count and replicated count under the config's
   rules on ``mesh.shape`` resolved for ``num_devices`` (shapes only; no devices, no compile)."""
-  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   names, sizes = mesh_lib.resolve_mesh_shape(config.mesh.shape, num_devices)
   sizes = dict(zip(names, sizes))
   rules = list(rules_lib.make_rules(config))
-  model = step_lib.make_model(config)
-  batch = step_lib.example_batch(config, batch_size=1)
+  model = Mogao.from_config(config)
+  batch = batch_lib.example_batch(config, batch_size=1)
   vis_t = np.ones(batch["vis_kind"].shape, np.float32)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), batch_lib.model_inputs(batch),
                                             vis_t)["params"])
@@ -82,14 +82,13 @@ def parameter_split(config, num_devices: int) -> dict:
 
 def memory_per_device(config, num_devices: int) -> dict:
   """GiB per device by component (see the module docstring), and the parameter counts."""
-  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   split = parameter_split(config, num_devices)
   sizes, m, d = split["mesh"], config.model, config.data
   act = np.dtype(m.dtype).itemsize
   rules = list(rules_lib.make_rules(config))
   batch_axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
   tensor = _ways(nn.logical_to_mesh_axes(("heads",), rules)[0], sizes)
-  k = step_lib.grad_accum_steps(config)
+  k = int(config.train.get("grad_accum_steps", 1))  # validated by the trainer
   rows = d.batch_size / (_ways(batch_axes, sizes) * k)  # rows per device per microbatch
   seq = d.l_txt + d.l_vis  # both streams run through every layer (joint attention)
   heads_w = m.num_heads * m.head_dim / tensor

@@ -11,7 +11,7 @@ Config keys read (all under ``mesh`` and ``dist``):
 * ``dist.num_processes`` > 1 (with ``dist.process_id`` and ``dist.coordinator_address``), or
   ``dist.auto`` (TPU pods, SLURM: JAX detects the cluster itself): ``jax.distributed.initialize``
   runs before any device is touched. The environment variable ``MOGAO_DISTRIBUTED=1`` does the
-  same as ``dist.auto`` for configs without a ``dist`` section (see ``dist_config``).
+  same as ``dist.auto`` for configs without a ``dist`` section (see ``config_args.dist_config``).
 """
 
 from __future__ import annotations
@@ -83,18 +83,6 @@ def make_mesh(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   logging.info("mesh: %s over %d devices (%s)", dict(zip(names, sizes)), len(devices),
                devices[0].platform)
   return mesh
-
-
-def dist_config() -> "ml_collections.ConfigDict":
-  """The `dist` config section. The defaults mean one process; launch/multiprocess_cpu.sh
-  (or a cluster script) sets --config.dist.num_processes/process_id/coordinator_address."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict({
-      "coordinator_address": "",  # host:port of process 0; "" = JAX_COORDINATOR_ADDRESS / auto
-      "num_processes": 1,
-      "process_id": 0,
-      "auto": False,  # let JAX detect the cluster (TPU pods, SLURM, Open MPI, k8s)
-  })
 
 
 def maybe_initialize_distributed(config) -> bool:

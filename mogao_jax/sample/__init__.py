@@ -5,6 +5,7 @@ flow-matching ODE sampler with multi-modal guidance, and interleaved text + imag
   cache.KVCache           per-layer rotated K/V + slot metadata, fixed capacity
   sampling                token sampling (greedy / temperature / top-k / top-p), guidance, ODE
   slots                   prompt parts -> slot arrays (the same T/H/W/image-id rules as packing)
-  load                    a training workdir -> config, tokenizer, params
+  load                    a training workdir -> config, params, step, tokenizer (train/restore.py)
+  options                 the absl flags of generate / evaluate -> Sampler.from_config
   report                  HTML pages + PNGs
 """

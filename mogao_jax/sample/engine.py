@@ -76,9 +76,27 @@ def condition_keep(q_branch_L, key_kind_BK, n_cache: int):
   return cached | is_new[None, None, :]
 
 
+def capacity_for(config, max_tokens: int) -> int:
+  """KV-cache slots per row: a training row (``data.l_txt + data.l_vis``: the longest context
+  the model saw) plus ``max_tokens`` sampled tokens, rounded up to a multiple of 64."""
+  n = config.data.l_txt + config.data.l_vis + max_tokens
+  return -(-n // 64) * 64
+
+
 class Sampler:
   """Sampling from Mogao params. `dims` comes from the model config; `image_size` and
-  `patch_size` from config.data (pixel patches stand in for VAE latents here)."""
+  `patch_size` from config.data (pixel patches stand in for VAE latents here).
+  `Sampler.from_config` is how every caller builds one."""
+
+  @classmethod
+  def from_config(cls, config, params, tokenizer, *, max_tokens: int = 32, capacity: int = 0,
+                  batch_size: int = 8, sc: SampleConfig = SampleConfig(),
+                  seed: int = 0) -> "Sampler":
+    """The sampler of a run config; ``capacity`` 0 = ``capacity_for(config, max_tokens)``."""
+    return cls(Mogao.from_config(config), params, tokenizer=tokenizer,
+               image_size=config.data.image_size, patch_size=config.data.patch_size,
+               capacity=capacity or capacity_for(config, max_tokens), batch_size=batch_size,
+               sc=sc, seed=seed)
 
   def __init__(self, model: Mogao, params, *, tokenizer, image_size: int, patch_size: int,
                capacity: int = 1024, batch_size: int = 8, sc: SampleConfig = SampleConfig(),

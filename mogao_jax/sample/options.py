@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from absl import app
 from absl import flags
 
+from mogao_jax.sample import engine
 from mogao_jax.sample.sampling import SampleConfig
 
 FLAGS = flags.FLAGS
@@ -34,7 +36,6 @@ def define() -> None:
 
 def workdir_or_usage_error(argv) -> str:
   """The --workdir of an entry point; absl usage errors for what it cannot run with."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
   if not FLAGS.workdir:
@@ -48,17 +49,13 @@ def sample_config() -> SampleConfig:
                       g_img=FLAGS.g_img)
 
 
-def capacity(config) -> int:
-  if FLAGS.max_len:
-    return FLAGS.max_len
-  n = config.data.l_txt + config.data.l_vis + FLAGS.max_tokens
-  return -(-n // 64) * 64
-
-
 def make_sampler(config, params, tokenizer):
-  from mogao_jax.sample import engine  # pylint: disable=g-import-not-at-top
-  from mogao_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  return engine.Sampler(step_lib.make_model(config), params, tokenizer=tokenizer,
-                        image_size=config.data.image_size, patch_size=config.data.patch_size,
-                        capacity=capacity(config), batch_size=FLAGS.batch_size,
-                        sc=sample_config(), seed=FLAGS.seed)
+  return engine.Sampler.from_config(config, params, tokenizer, max_tokens=FLAGS.max_tokens,
+                                    capacity=FLAGS.max_len, batch_size=FLAGS.batch_size,
+                                    sc=sample_config(), seed=FLAGS.seed)
+
+
+def sampler_kwargs() -> dict:
+  """The flags' keyword arguments of Sampler.from_config (max_tokens included)."""
+  return dict(max_tokens=FLAGS.max_tokens, capacity=FLAGS.max_len, batch_size=FLAGS.batch_size,
+              sc=sample_config(), seed=FLAGS.seed)

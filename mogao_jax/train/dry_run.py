@@ -18,6 +18,7 @@ from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
+from mogao_jax.model.mogao import Mogao
 
 
 def _topology_devices(name: str):
@@ -42,7 +43,7 @@ def compile_step(config, devices=None):
   """(compiled step, parameter report rows, mesh) for the config's mesh over `devices`."""
   mesh = mesh_lib.make_mesh(config, devices=devices)
   rules = rules_lib.make_rules(config, mesh)
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   tx, _ = optim_lib.make_optimizer(config)
   with rules_lib.activate(mesh, rules):
     bsh = rules_lib.batch_sharding(mesh, rules)

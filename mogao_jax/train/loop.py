@@ -24,22 +24,24 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
-from mogao_jax import runcard
+from mogao_jax.train import runcard
 from mogao_jax.convert import init as convert_init
 from mogao_jax.data import pipeline
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
-from mogao_jax.sample import tb as sample_tb
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import dry_run
+from mogao_jax.train import hooks as hooks_lib
 from mogao_jax.train import metrics as metrics_lib
 from mogao_jax.train import nan_guard
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import preempt as preempt_lib
 from mogao_jax.train import step as step_lib
 from mogao_jax.train import transfer
+from mogao_jax.model.mogao import Mogao
+from mogao_jax.data import batch as batch_lib
 
 
 def validate(config) -> None:
@@ -78,7 +80,7 @@ def _check_batch_split(config, mesh, rules) -> None:
 
 def _zero_batch(config) -> dict[str, np.ndarray]:
   """A per-process all-padding batch with the contract's shapes, for init and shape tracing."""
-  return step_lib.example_batch(config, config.data.batch_size // jax.process_count())
+  return batch_lib.example_batch(config, config.data.batch_size // jax.process_count())
 
 
 def _to_global(local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -132,8 +134,9 @@ def _report_sharding(config, abstract_params, logical_specs, shardings, mesh) ->
   report.check_replication(rows, mesh.size, config.mesh.get("max_replicated_fraction", 1.0))
 
 
-def train(config, workdir: str) -> list[dict[str, Any]]:
+def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
   """Trains to ``train.steps`` (resuming from ``workdir``); returns the logged records.
+  ``hooks`` (train/hooks.py) run between steps, e.g. eval/hooks.py's sample grids.
 
   With ``dry_run`` it only compiles the step for the mesh and reports memory, FLOPs and
   sharding (mogao_jax/train/dry_run.py); nothing is written.
@@ -156,7 +159,7 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
   data_iter = pipeline.make_pipeline(config, tokenizer, split="train",
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
-  model = step_lib.make_model(config)
+  model = Mogao.from_config(config)
   bsh = rules_lib.batch_sharding(mesh, rules)
   log = metrics_lib.MetricsLog(config, workdir, schedule)
   preempt = preempt_lib.Preemption(ckpt.manager)
@@ -173,7 +176,8 @@ def train(config, workdir: str) -> list[dict[str, Any]]:
                         in_shardings=(shardings, bsh), out_shardings=(shardings, replicated),
                         donate_argnums=0)
       saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)
-      return _run(config, state, step_fn, data_iter, bsh, saver, log, preempt)
+      ctx = hooks_lib.Context(config, workdir, log.tb, tokenizer.model_proto)
+      return _run(config, state, step_fn, data_iter, bsh, saver, log, preempt, hooks, ctx)
   finally:
     # Whatever happened, let pending async saves land so the last checkpoint is not lost.
     preempt.close()
@@ -201,7 +205,8 @@ def _poisoned(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {**batch, "vis_latent": np.full_like(batch["vis_latent"], np.nan)}
 
 
-def _run(config, state, step_fn, data_iter, bsh, save, log, preempt) -> list[dict[str, Any]]:
+def _run(config, state, step_fn, data_iter, bsh, save, log, preempt, hooks,
+         ctx) -> list[dict[str, Any]]:
   t = config.train
   start = done = int(jax.device_get(state.step))
   logging.info("training steps %d -> %d", start, t.steps)
@@ -225,8 +230,10 @@ def _run(config, state, step_fn, data_iter, bsh, save, log, preempt) -> list[dic
       t0 = time.perf_counter()
       save(done, state)
       log.pause(time.perf_counter() - t0)  # the save's blocking part is not step time
-    if t.get("sample_every", 0) and done % t.sample_every == 0:  # sample grids to TensorBoard
-      log.pause(sample_tb.log_samples(config, state, log.tb, save.tokenizer_proto, done))
+    for hook in hooks_lib.due(hooks, done):  # their time is not step time
+      t0 = time.perf_counter()
+      hook(done, state, ctx)
+      log.pause(time.perf_counter() - t0)
     if bar is not None:
       bar.update(1)
     preempted = preempt.reached(done)

@@ -12,28 +12,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 import optax
 
 from mogao_jax.data import batch as batch_lib
-from mogao_jax.data.batch import Kind
 from mogao_jax.model import flow
-from mogao_jax.model.config import ModelConfig
-from mogao_jax.model.mogao import Mogao, copy_text_to_vision
+from mogao_jax.model.mogao import copy_text_to_vision
 from mogao_jax.train.state import TrainState
-
-
-def make_model(config: ml_collections.ConfigDict) -> Mogao:
-  return Mogao(ModelConfig.from_config(config.model))
-
-
-def example_batch(config: ml_collections.ConfigDict, batch_size: int | None = None) -> dict:
-  """An all-padding batch with the configured shapes (for init and shape inference)."""
-  d, m = config.data, config.model
-  row = batch_lib.empty_row(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim)
-  n = batch_size or d.batch_size
-  return {k: np.zeros((n,) + v.shape, v.dtype) for k, v in row.items()}
 
 
 def _init_boxed(config, model, tx, rng, batch) -> TrainState:
@@ -70,30 +54,10 @@ def init_state(config, model, tx, rng, batch) -> TrainState:
   return nn.unbox(_init_boxed(config, model, tx, rng, batch))
 
 
-def draw_noise(rng, batch, flow_cfg):
-  """One t per (row, image id) and Gaussian noise per vision slot."""
-  b, l_vis, c = batch["vis_latent"].shape
-  n_ids = batch["txt_kind"].shape[1] + l_vis + 1  # a row holds fewer images than slots
-  t_rng, n_rng = jax.random.split(rng)
-  t_BN = flow.sample_t(t_rng, (b, n_ids), flow_cfg.logit_mean, flow_cfg.logit_std,
-                       flow_cfg.shift)
-  return t_BN, jax.random.normal(n_rng, (b, l_vis, c), jnp.float32)
-
-
-def apply_noise(batch, t_BN, noise_BVC):
-  """Model inputs with NVAE slots noised to x_t, each slot's t (1 on clean slots), target v."""
-  is_nvae = batch["vis_kind"] == Kind.NVAE
-  t_BV = jnp.where(is_nvae, jnp.take_along_axis(t_BN, batch["vis_image"], axis=1), 1.0)
-  x1 = batch["vis_latent"]
-  x_t = jnp.where(is_nvae[..., None], flow.interpolate(x1, noise_BVC, t_BV[..., None]), x1)
-  inputs = {**batch_lib.model_inputs(batch), "vis_latent": x_t}
-  return inputs, t_BV, flow.velocity_target(x1, noise_BVC)
-
-
 def per_slot_losses(model, params, batch, t_BN, noise_BVC):
   """Unweighted next-token CE per text slot [B, T] and squared velocity error per vision slot
   (mean over channels) [B, V]."""
-  inputs, t_BV, v_target = apply_noise(batch, t_BN, noise_BVC)
+  inputs, t_BV, v_target = flow.apply_noise(batch, t_BN, noise_BVC)
   logits_BTV, v_pred_BVC = model.apply({"params": params}, inputs, t_BV)
   ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["txt_target"])
   se_BV = jnp.mean(jnp.square(v_pred_BVC - v_target), axis=-1)
@@ -223,7 +187,7 @@ def make_train_step(config, model, tx, opt_device_shardings=None):
     if opt_device_shardings is not None:
       state = state.replace(opt_state=jax.device_put(state.opt_state, opt_device_shardings))
     # fold_in keeps the noise of step k a pure function of (seed, k): exact resume for free.
-    t_BN, noise_BVC = draw_noise(jax.random.fold_in(state.rng, state.step), batch, flow_cfg)
+    t_BN, noise_BVC = flow.draw_noise(jax.random.fold_in(state.rng, state.step), batch, flow_cfg)
     if k == 1:
       grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
       (_, metrics), grads = grad_fn(state.params, model, batch, t_BN, noise_BVC, loss_cfg)

@@ -14,23 +14,8 @@ from typing import Any
 
 from absl import logging
 import jax
-import orbax.checkpoint as ocp
 
-
-def _locate(path: str) -> tuple[str, int]:
-  """(checkpoints dir, step) for a workdir, a checkpoints dir or a step dir."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  name = os.path.basename(path)
-  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(name)
-  if not os.path.isdir(path):
-    raise ValueError(f"init.params_from = {path!r}: no such directory")
-  steps = ocp.path.step.checkpoint_steps(path)  # finalized steps only
-  if not steps:
-    raise ValueError(f"init.params_from = {path!r}: no complete checkpoint there")
-  return path, max(steps)
+from mogao_jax.train import restore
 
 
 def _nest(flat: dict[tuple[str, ...], Any]) -> dict:
@@ -53,15 +38,11 @@ def load_params(source: str, params: Any, key: str = "params") -> tuple[Any, dic
   misshaped."""
   if key not in ("params", "ema"):
     raise ValueError(f"init.params_key = {key!r}: must be 'params' or 'ema'")
-  directory, step = _locate(source)
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-  meta = manager.item_metadata(step)["state"]
-  saved_tree = getattr(meta, "tree", meta).get(key)
+  directory, step = restore.locate(source, "init.params_from")
+  saved_tree = restore.saved_state_tree(directory, step).get(key)
   if saved_tree is None:
     raise ValueError(f"init.params_from: {directory} step {step} holds no '{key}'"
-                     f" (init.params_key); it has {sorted(getattr(meta, 'tree', meta))}")
+                     " (init.params_key)")
   saved = {_keys(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   current = {_keys(p): x for p, x in leaves}
@@ -80,11 +61,8 @@ def load_params(source: str, params: Any, key: str = "params") -> tuple[Any, dic
     raise ValueError(f"init.params_from: no parameter of {directory} step {step} matches this"
                      f" model by name and shape ({len(report['misshaped'])} mis-shaped,"
                      f" {len(report['unexpected'])} unexpected)")
-  item = {key: _nest(wanted)}
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-      partial_restore=True)))["state"][key]
-  manager.close()
+  restored, _, _ = restore.restore_params(directory, step=step, which=key, like=_nest(wanted),
+                                          what="init.params_from")
   got = {_keys(p): x for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
   new = [got.get(_keys(p), x) for p, x in leaves]
   report["source"] = [f"{directory} step {step} ({key})"]

@@ -22,6 +22,7 @@ from array_record.python import array_record_module
 import grain
 
 from mogao_jax.data.sources import jsonl
+from mogao_jax.data import records as records_lib
 
 WRITER_OPTIONS = "group_size:1"
 
@@ -29,7 +30,6 @@ WRITER_OPTIONS = "group_size:1"
 def write(path: str, records: Iterable[dict[str, Any]]) -> int:
   """Writes `records.dumps` of each record (bytes: as they are) to one ArrayRecord file;
   returns the count."""
-  from mogao_jax.data import records as records_lib  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   w = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
   n = 0
@@ -44,7 +44,6 @@ def write(path: str, records: Iterable[dict[str, Any]]) -> int:
 
 def write_shards(pattern: str, records: Iterable[dict[str, Any]], num_shards: int) -> list[str]:
   """Round-robin `records` over `num_shards` files `<pattern>-0000i-of-0000n.array_record`."""
-  from mogao_jax.data import records as records_lib  # pylint: disable=g-import-not-at-top
   paths = [f"{pattern}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
   os.makedirs(os.path.dirname(os.path.abspath(pattern)), exist_ok=True)
   writers = [array_record_module.ArrayRecordWriter(p, WRITER_OPTIONS) for p in paths]

@@ -27,6 +27,7 @@ import threading
 from typing import Any, Sequence
 
 import numpy as np
+from mogao_jax.data import records
 
 _CHUNK = 1 << 24
 
@@ -146,7 +147,6 @@ class JsonlSource:
 
 def parse(data: bytes) -> dict[str, Any] | None:
   """records.loads, or None when `data` is not a record."""
-  from mogao_jax.data import records  # pylint: disable=g-import-not-at-top
   try:
     return records.loads(data)
   except ValueError:

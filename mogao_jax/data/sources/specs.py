@@ -33,6 +33,9 @@ import os
 import re
 from typing import Any, Sequence
 import urllib.parse
+from mogao_jax.data.sources import jsonl
+from mogao_jax.data.sources import arrayrecord
+from mogao_jax.data.sources import tfds_interleaved
 
 KINDS = ("world", "jsonl", "arrayrecord", "tfds")
 _OPTIONS = {"world": ("name", "weight"),
@@ -62,7 +65,6 @@ class Spec:
     if root is not None:
       return os.path.expanduser(root)
     if self.kind in ("jsonl", "arrayrecord"):
-      from mogao_jax.data.sources import jsonl  # pylint: disable=g-import-not-at-top
       return os.path.dirname(os.path.abspath(jsonl.expand(self.target)[0]))
     return None
 
@@ -188,22 +190,14 @@ def _unique_names(specs: list[Spec], key: str) -> list[Spec]:
   return out
 
 
-def is_plain_world(specs: Sequence[Spec]) -> bool:
-  """A mixture that is exactly the built-in world (the original single-source graph)."""
-  return len(specs) == 1 and specs[0].kind == "world"
-
-
 def open_source(spec: Spec | str):
   """The raw-record source of a file / TFDS spec (see module docstring)."""
   s = parse(spec) if isinstance(spec, str) else spec
   if s.kind == "jsonl":
-    from mogao_jax.data.sources import jsonl  # pylint: disable=g-import-not-at-top
     src = jsonl.JsonlSource(s.target)
   elif s.kind == "arrayrecord":
-    from mogao_jax.data.sources import arrayrecord  # pylint: disable=g-import-not-at-top
     src = arrayrecord.ArrayRecordSource(s.target)
   elif s.kind == "tfds":
-    from mogao_jax.data.sources import tfds_interleaved  # pylint: disable=g-import-not-at-top
     data_dir = s.option("data_dir")
     src = tfds_interleaved.TfdsSource(s.target, data_dir=os.path.expanduser(data_dir)
                                       if data_dir else None, split=s.option("split", "train"))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mogao_jax.data import records
+from mogao_jax.data.sources import world
 
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
 N_IMAGES_P = (0.30, 0.35, 0.20, 0.10, 0.05)
@@ -35,7 +36,6 @@ BAD = {
 
 
 def _words(n_scenes: int = 50) -> list[str]:
-  from mogao_jax.data.sources import world  # pylint: disable=g-import-not-at-top
   words = sorted({w.strip(".,?!;:") for line in world.world_text_corpus(n_scenes)
                   for w in line.split()} - {""})
   return words

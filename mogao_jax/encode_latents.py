@@ -1,6 +1,6 @@
 """Offline VAE latents: encode every image of a source once, so training need not run the VAE.
 
-    python -m mogao_jax.data.encode_latents --source jsonl:/data/docs.jsonl?images=/data/img \\
+    python -m mogao_jax.encode_latents --source jsonl:/data/docs.jsonl?images=/data/img \\
         --vae /models/flux-vae --out /data/latents [--image_size 256 | --image_buckets 256x256,..]
         [--shard_index I --num_shards N] [--batch_size 16] [--dtype float16]
 
@@ -47,6 +47,11 @@ import numpy as np
 
 from mogao_jax.data import latents as latents_lib
 from mogao_jax.data.sources import specs as specs_lib
+from mogao_jax.convert import tensors
+from mogao_jax.convert import vae as vae_convert
+from mogao_jax.model import vae as vae_lib
+from mogao_jax.data import records
+from mogao_jax.data.sources import arrayrecord
 
 # ----------------------------------------------------------------------------------- the VAE
 
@@ -55,9 +60,6 @@ def load_vae(spec: str, seed: int = 0):
   """(VAEConfig, params) of a diffusers directory, or of a config .json with random weights."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mogao_jax.convert import tensors  # pylint: disable=g-import-not-at-top
-  from mogao_jax.convert import vae as vae_convert  # pylint: disable=g-import-not-at-top
-  from mogao_jax.model import vae as vae_lib  # pylint: disable=g-import-not-at-top
   if os.path.isdir(spec):
     if not glob.glob(os.path.join(spec, "*.safetensors")):
       raise FileNotFoundError(f"--vae={spec}: no *.safetensors there (a diffusers "
@@ -102,7 +104,6 @@ class Encoder:
   def __init__(self, cfg, params, batch_size: int = 16):
     import jax  # pylint: disable=g-import-not-at-top
     from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
-    from mogao_jax.model import vae as vae_lib  # pylint: disable=g-import-not-at-top
     devices = jax.local_devices()
     self.cfg, self.batch = cfg, -(-max(batch_size, 1) // len(devices)) * len(devices)
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
@@ -131,7 +132,6 @@ def load_image(part: dict[str, Any], image_root: str,
                buckets) -> tuple[np.ndarray | None, list[str]]:
   """(uint8 pixels in their bucket or None, issue reasons) of one raw image part, decoded and
   resized exactly as training does it (records.to_document)."""
-  from mogao_jax.data import records  # pylint: disable=g-import-not-at-top
   doc = records.to_document({"id": "", "parts": [{"type": "text", "text": "."}, part]},
                             image_root=image_root, resolution=buckets)
   return (doc.images[0].pixels if doc.images else None), [r for r, _ in records.issues_of(doc)]
@@ -202,7 +202,6 @@ def _write_json(path: str, obj) -> None:
 
 def _write_part(path: str, records: list[dict[str, Any]]) -> None:
   """One ArrayRecord file, under a temporary name until complete."""
-  from mogao_jax.data.sources import arrayrecord  # pylint: disable=g-import-not-at-top
   arrayrecord.write(f"{path}.tmp", records)
   os.replace(f"{path}.tmp", path)
 

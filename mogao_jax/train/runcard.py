@@ -24,9 +24,13 @@ import subprocess
 import sys
 from typing import Any
 
+import jax
+
+from mogao_jax.train import checkpoint as ckpt_lib
+
 CARD_FILE = "run_card.json"
 DIFF_FILE = "git_diff.patch"
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
              "ml-collections", "sentencepiece", "tensorboardX", "absl-py", "pillow", "scipy",
              "tensorflow-datasets", "mogao_jax")
@@ -43,7 +47,6 @@ def _sha256(data: bytes) -> str:
 
 
 def _primary() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
 
@@ -95,7 +98,6 @@ def package_versions() -> dict[str, str | None]:
 
 
 def device_info(mesh=None) -> dict[str, Any]:
-  import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   info = {"backend": jax.default_backend(), "process_count": jax.process_count(),
           "device_count": len(devices), "local_device_count": jax.local_device_count(),
@@ -126,7 +128,6 @@ def seed_streams(config) -> dict[str, Any]:
 def data_fingerprint(config, workdir: str) -> dict[str, Any]:
   """Hashes of what determines the data: the data config (the world's parameters), the world
   generator's source code, and the tokenizer model of the workdir (if already there)."""
-  from mogao_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   params = ckpt_lib.config_to_json(config)["data"]
   world_dir = _REPO / "mogao_jax" / "data" / "sources" / "world"
   code = b"".join(p.name.encode() + p.read_bytes() for p in sorted(world_dir.glob("*.py")))
@@ -175,7 +176,6 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 def build_run_card(config, workdir: str, mesh=None, diff_file: str = DIFF_FILE
                    ) -> dict[str, Any]:
   """The card of this session (no card written; the diff is, if the tree is dirty)."""
-  from mogao_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   start = _now()
   git = git_info(os.path.join(workdir, diff_file))
   return {
