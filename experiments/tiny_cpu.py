@@ -112,7 +112,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model.rope_theta = 10_000.0
   # Untied: under a tied LM head the world's colour words collapsed onto one vector (pairwise
   # cosine 0.93 at step 500) and generation ignored them; untied, with N(0, 1) token embeddings
-  # (layers.embed_init), t2i colour went 0.07 -> 0.38 (WORKSPACE.md, "The world's learning
+  # (layers.embed_init), t2i colour went 0.07 -> 0.38 (benchmarks/LEARNING.md, "The world's learning
   # curve").
   c.model.tie_embeddings = False
   c.model.norm_eps = 1e-6
@@ -127,7 +127,7 @@ def _base() -> ml_collections.ConfigDict:
   c.model.vis_pos_embed = "sincos"
   # What the vision head predicts: velocity (Mogao's; the scale configs) | x1 (the clean latent,
   # turned into a velocity inside the model). x1 here: no early flow-loss plateau (0.36 vs 1.15
-  # at step 50) and flat-coloured objects (WORKSPACE.md, "The world's learning curve").
+  # at step 50) and flat-coloured objects (benchmarks/LEARNING.md, "The world's learning curve").
   c.model.predict = "x1"
   c.model.vit = "tiny"  # tiny (from scratch) | siglip (model/siglip.py; weights via init.vit)
   c.model.vit_mlp_dim = 0  # siglip only: MLP width
@@ -180,8 +180,8 @@ def _base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   # The quickstart's budget: 58 minutes on 2 CPU cores (1.14 s/step). Shape, the slowest of
   # the world's attributes, is learned between steps 1,500 and 3,000 (t2i shape 0.48, VQA shape
-  # 0.85 at 3,000; WORKSPACE.md, "The world's learning curve"); --config.train.steps=500 is
-  # the 10-minute run (shape 0.00).
+  # 0.85 at 3,000; benchmarks/LEARNING.md, "The world's learning curve");
+  # --config.train.steps=500 is the 10-minute run (shape 0.00).
   c.train.steps = 3000
   c.train.log_every = 10
   c.train.ckpt_every = 100

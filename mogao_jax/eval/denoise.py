@@ -9,7 +9,7 @@ estimate x1_hat = x_t + (1 - t) v (pixels in [-1, 1]) at each t. The sampler dec
 layout and colours from x1_hat at low t and returns x1_hat near t = 1 at its last step, so this
 says at which noise levels a model is weak; which t get trained is set by flow.logit_mean /
 logit_std / shift. On the world the error at t = 0.3 separated the large differences in the
-t2i scores (WORKSPACE.md, "The world's learning curve"): a wider time distribution cut the
+t2i scores (benchmarks/LEARNING.md, "The world's learning curve"): a wider time distribution cut the
 t = 0.9 error 3x, raised the t = 0.3 error and dropped t2i colour from 0.38 to 0.02.
 """
 

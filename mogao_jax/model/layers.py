@@ -19,7 +19,7 @@ def embed_init(cfg):
   untied (unit-scale tokens, as the unit-scale patch embeddings beside them). Why the latter:
   words that occur in the same contexts (the world's colour names) drift towards one shared
   vector under the language-model loss; at N(0, 1) what tells them apart stays large, and the
-  image pathway can read it (WORKSPACE.md, "The world's learning curve")."""
+  image pathway can read it (benchmarks/LEARNING.md, "The world's learning curve")."""
   return nn.initializers.normal(stddev=0.02 if cfg.tie_embeddings else 1.0)
 
 
@@ -73,8 +73,8 @@ def dense(features, axes: Sequence[str], cfg, *, n_in: int = 1, bias: bool = Fal
   0.017) the two nearly agree, but at the tiny configs' width 128 (0.088) every projection
   shrinks its input ~4x: a block then adds ~5% to a residual stream that the unit-scale patch
   embedding dominates, and the world's attributes were learned hundreds of steps later
-  (WORKSPACE.md, "The world's learning curve"). Pretrained Qwen2 / SigLIP weights replace the
-  init anyway."""
+  (benchmarks/LEARNING.md, "The world's learning curve"). Pretrained Qwen2 / SigLIP weights
+  replace the init anyway."""
   return Dense(features=features, axes=tuple(axes), dtype=cfg.compute_dtype, n_in=n_in,
                use_bias=bias, bias_axes=tuple(bias_axes), zero=zero, name=name)
 
