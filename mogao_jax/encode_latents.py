@@ -43,6 +43,9 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from mogao_jax.data import latents as latents_lib
@@ -58,8 +61,6 @@ from mogao_jax.data.sources import arrayrecord
 
 def load_vae(spec: str, seed: int = 0):
   """(VAEConfig, params) of a diffusers directory, or of a config .json with random weights."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if os.path.isdir(spec):
     if not glob.glob(os.path.join(spec, "*.safetensors")):
       raise FileNotFoundError(f"--vae={spec}: no *.safetensors there (a diffusers "
@@ -87,7 +88,6 @@ def load_vae(spec: str, seed: int = 0):
 
 def fingerprint(cfg, params) -> str:
   """sha256 (16 hex) of the VAE config and weights: a resumed shard must use the same VAE."""
-  import jax  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
   for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(params)),
                            key=lambda kv: jax.tree_util.keystr(kv[0])):
@@ -102,8 +102,6 @@ class Encoder:
   the VAE has no cross-image op), split over the local devices."""
 
   def __init__(self, cfg, params, batch_size: int = 16):
-    import jax  # pylint: disable=g-import-not-at-top
-    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
     devices = jax.local_devices()
     self.cfg, self.batch = cfg, -(-max(batch_size, 1) // len(devices)) * len(devices)
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
@@ -304,7 +302,6 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   shard = f.shard_index if f.shard_index >= 0 else jax.process_index()
   num = f.num_shards if f.num_shards > 0 else jax.process_count()
