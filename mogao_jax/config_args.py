@@ -85,6 +85,37 @@ def load_experiment(path):
   return module
 
 
+def unknown_overrides(argv, default_config: str, flag: str = "config") -> list[str]:
+  """Why each ``--config.a.b=v`` of ``argv`` names no key of the config it overrides.
+
+  ml_collections' config_flags raises a bare AttributeError / KeyError for such an override
+  (naming neither the section nor what it has); the entry points call this to say which
+  override is wrong and which keys its section holds instead."""
+  path, overrides = default_config, []
+  args = iter(argv[1:])
+  for a in args:
+    if a == f"--{flag}":
+      path = next(args, path)
+    elif a.startswith(f"--{flag}="):
+      path = a.split("=", 1)[1]
+    elif a.startswith(f"--{flag}."):
+      overrides.append(a[len(flag) + 3:].split("=", 1)[0])
+  file, _, arg = path.partition(":")
+  config, out = load_experiment(file).get_config(arg or None), []
+  for key in overrides:
+    node, seen = config, []
+    for name in key.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        where = ".".join(seen) or "the config"
+        keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        out.append(f"--{flag}.{key}: {where} has no key {name!r}"
+                   + (f" (it has: {', '.join(keys)})" if keys else ""))
+        break
+      node = node[name]
+      seen.append(name)
+  return out
+
+
 def dist_config() -> ml_collections.ConfigDict:
   """The `dist` config section (read by parallel/mesh.py). The defaults mean one process;
   launch/multiprocess_cpu.sh (or a cluster script) sets

@@ -105,6 +105,7 @@ def html_ok(ok) -> str:
   return " ".join(map(str, ok)) if isinstance(ok, list) else str(ok)
 
 
+@restore.without_traceback
 def main(argv):
   quiet_logs.install()
   options.workdir_or_usage_error(argv)

@@ -58,6 +58,7 @@ def export(workdir: str, fmt: str, out: str, step: int | None = None,
   return report
 
 
+@restore.without_traceback
 def main(argv):
   quiet_logs.install()
   if len(argv) > 1:

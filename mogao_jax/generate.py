@@ -17,6 +17,7 @@ from mogao_jax import quiet_logs
 from mogao_jax.sample import options
 from mogao_jax.data import documents
 from mogao_jax.sample import engine, load, report
+from mogao_jax.train import restore
 
 def define_flags() -> None:
   options.define()
@@ -29,6 +30,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_samples", 1, "documents to sample (row seeds 0 .. n - 1)")
 
 
+@restore.without_traceback
 def main(argv):
   quiet_logs.install()
   options.workdir_or_usage_error(argv)

@@ -3,6 +3,8 @@ randomly initialised checkpoint."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -15,7 +17,7 @@ from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step
 from mogao_jax.model.mogao import Mogao
 from mogao_jax.data import batch as batch_lib
-from tests.configs import tiny_config
+from tests.configs import REPO, tiny_config
 
 KINDS = ("t2i", "edit", "story", "vqa", "caption")
 
@@ -77,3 +79,13 @@ def test_evaluate_random_checkpoint_end_to_end(workdir):
   html = open(os.path.join(out, "index.html")).read()
   assert html.count("<img") >= 2 * sum(s["n"] for k, s in saved["summary"].items()
                                        if k in ("t2i", "edit"))
+
+
+def test_an_unreadable_workdir_ends_with_its_message_alone(tmp_path):
+  (tmp_path / "checkpoints").mkdir()  # a workdir whose run never saved
+  out = subprocess.run([sys.executable, "-m", "mogao_jax.evaluate", "--workdir", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith("error: --workdir = ")
+  assert "no complete checkpoint there" in out.stderr
+  assert "Traceback" not in out.stderr  # neither ours nor an orbax thread's

@@ -47,6 +47,15 @@ def test_poisoned_batches_are_skipped_then_stop(config, tmp_path, caplog):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good["params"]))
 
 
+def test_a_run_whose_every_step_was_skipped_fails(config, tmp_path):
+  # Shorter than max_nan_skips, so only the every-step rule can stop it (it used to exit 0).
+  config.train.update(dict(steps=8, ckpt_every=2, keep_checkpoints=0, max_nan_skips=20,
+                           debug_nan_steps=tuple(range(1, 9))))
+  with pytest.raises(nan_guard.NonFiniteError,
+                     match=r"every step of this run \(8, steps 1-8\).*provenance.*\{"):
+    loop.train(config, str(tmp_path))
+
+
 @pytest.mark.parametrize("ok", [True, False])
 def test_guarded_update_and_ema(ok):
   """The in-step select: a finite step updates params, optimizer state and EMA

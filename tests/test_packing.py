@@ -169,3 +169,20 @@ def test_grain_packer_state_restores_exactly(tok):
 def test_grain_packer_flushes_finite_input(tok):
   rows = list(_grain_rows(tok, n_docs=40))
   assert sum(len(set(np.unique(r["txt_segment"])) - {0}) for r in rows) == 40  # rows may be full
+
+
+def test_a_run_of_drops_stops_with_the_capacity_keys(tok):
+  big = encoding.encode_document(documents.Document([_img(False), _img(True)]), tok, P)
+  small = encoding.encode_document(documents.Document([documents.Text("red")]), tok, P)
+  empty = encoding.encode_document(documents.Document([documents.Text("")]), tok, P)
+  pk = packing.TwoStreamPacker(64, 16, PD, PD, 3, max_drop_run=5)
+  for doc in [big, empty, big, big, small]:  # 4 drops, then a packed doc ends the run
+    pk.add(doc)
+  for doc in [big, empty, big, big]:
+    pk.add(doc)
+  with pytest.raises(packing.PackingError) as e:
+    pk.add(big)  # the 5th drop in a row
+  msg = str(e.value)
+  assert "dropped 5 documents in a row" in msg and "(4 oversize, 1 empty)" in msg
+  assert "needed 22 text + 32 vision slots" in msg  # big: 16 VIT + 6 tokens; 2 x 16 NVAE/CVAE
+  assert "data.l_txt = 64 + data.l_vis = 16" in msg

@@ -1,9 +1,11 @@
 """The Grain graph: contract, determinism, checkpoint round trip, process sharding."""
 
+import ml_collections
 import numpy as np
 import pytest
 
 from mogao_jax.data import batch as batch_lib
+from mogao_jax.data import packing
 from mogao_jax.data import pipeline
 from mogao_jax.data.sources import specs
 
@@ -126,3 +128,14 @@ def test_world_metrics_name_one_source(config, tok):
   _take(it, 2)
   names = {k for k in pipeline.data_metrics(it) if k.startswith("data/source_")}
   assert names == {"data/source_docs/world", "data/source_packed/world"}
+
+
+def test_rows_too_small_for_every_document_stop_the_pipeline(config, tok):
+  # The world never runs out, so before the bound this looped forever (not even SIGTERM ended
+  # it: no step boundary was reached).
+  # Captions start with their image (16 VIT slots at 16 px), so no prefix of one fits 8 slots.
+  config.data.doc_weights = ml_collections.ConfigDict({"caption": 1.0})
+  config.data.l_txt, config.data.l_vis = 8, 4
+  with pytest.raises(packing.PackingError, match=r"dropped 1000 documents in a row .*"
+                     r"data\.l_txt = 8 \+ data\.l_vis = 4"):
+    next(pipeline.make_pipeline(config, tok))

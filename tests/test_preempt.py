@@ -2,8 +2,12 @@
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 from mogao_jax.train import preempt
+from tests.configs import REPO
 
 
 def test_sigterm_sets_the_flag_and_handler_is_restored():
@@ -14,3 +18,30 @@ def test_sigterm_sets_the_flag_and_handler_is_restored():
   assert p.reached(2)
   p.close()
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+_STUCK = """
+from mogao_jax.train import preempt
+p = preempt.Preemption(manager=None)
+print("ready", flush=True)
+while True:  # work that never reaches a step boundary (a packer, an input, a hung step)
+  pass
+"""
+
+
+def test_a_second_sigterm_ends_a_process_that_reaches_no_step_boundary():
+  proc = subprocess.Popen([sys.executable, "-c", _STUCK], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert proc.poll() is None  # the first only asks for a save at the next boundary
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  err = proc.stderr.read()
+  assert rc == 128 + signal.SIGTERM, err
+  assert "saving and stopping at the next step boundary" in err
+  assert "second SIGTERM before a step boundary was reached; exiting now" in err

@@ -148,6 +148,13 @@ def _truncate(items, tokenizer, patch_size, max_len):
       a, b = (mid, b) if _fits(enc(best + [("t", ids[:mid])]), max_len) else (a, mid - 1)
     if a:
       best = best + [("t", ids[:a])]
+  # A prefix ending in an image that is not generated gives that image no copy at all (a VIT
+  # copy needs something after it): only its <img></img> shell would remain. Cut it off; if it
+  # is the first image, nothing can be kept.
+  if best and best[-1][0] == "i" and not best[-1][1][0]:
+    if len(best) == first_img + 1:
+      return None
+    best = best[:-1]
   out = enc(best)
   return out if _learnable(out) else None
 

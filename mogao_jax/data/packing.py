@@ -32,6 +32,17 @@ class _OpenRow:
   n_vis: int = 0
 
 
+class PackingError(ValueError):
+  """The packer keeps dropping documents: no row can hold what the sources give."""
+
+
+# Consecutive dropped documents (oversize or empty) after which the packer stops. An endless
+# source (the world, a repeated mixture) whose documents cannot fit a row would otherwise spin
+# forever without reaching a step boundary (where SIGTERM is handled). A healthy corpus drops a
+# few documents in a row at most; 1,000 in a row means a capacity or a source is wrong.
+MAX_DROP_RUN = 1000
+
+
 class TwoStreamPacker:
   """Greedy 2-D first-fit over at most `open_rows` rows; emits the oldest row when none fits.
 
@@ -46,9 +57,13 @@ class TwoStreamPacker:
   # -> documents read / packed ("" = a document without a source, e.g. the world's).
   MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed")
 
-  def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4):
+  def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4,
+               max_drop_run: int = MAX_DROP_RUN):
     if open_rows < 1:
       raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
+    self.max_drop_run = max_drop_run
+    self._drops = {"oversize": 0, "empty": 0}  # the current run of consecutive drops
+    self._largest = (0, 0)  # (text, vision) slots of the largest document in that run
     self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
     self.patch_dim, self.latent_dim = patch_dim, latent_dim
     self.rows: list[_OpenRow] = []
@@ -71,12 +86,13 @@ class TwoStreamPacker:
     nt, nv = doc_lengths(doc)
     if nt == 0 and nv == 0:
       self.stats["dropped_empty"] += 1
-      return None
+      return self._dropped("empty", nt, nv)
     if nt > self.l_txt or nv > self.l_vis:  # never cut through an image: drop the whole doc
       self.stats["dropped_oversize"] += 1
       self._issue("doc/oversize", f"{info.get('id') or '<document>'} ({nt} text + {nv} vision "
                                   f"slots; a row has {self.l_txt} + {self.l_vis})")
-      return None
+      return self._dropped("oversize", nt, nv)
+    self._drops, self._largest = {"oversize": 0, "empty": 0}, (0, 0)
     self.stats["docs_packed"] += 1
     self._count("source_packed", source)
     for r, row in enumerate(self.rows):
@@ -86,6 +102,22 @@ class TwoStreamPacker:
     out = self.pop_oldest() if len(self.rows) >= self.open_rows else None
     self.place(doc, seq, len(self.rows))
     return out
+
+  def _dropped(self, reason: str, nt: int, nv: int) -> None:
+    """Counts a drop in the current run; raises PackingError once the run is too long."""
+    self._drops[reason] += 1
+    self._largest = max(self._largest, (nt, nv))
+    n = sum(self._drops.values())
+    if n < self.max_drop_run:
+      return None
+    issues = ", ".join(f"{k} {v}" for k, v in sorted(self.stats["issues"].items())) or "none"
+    raise PackingError(
+        f"the packer dropped {n} documents in a row and packed none of them ("
+        f"{self._drops['oversize']} oversize, {self._drops['empty']} empty). Oversize: the"
+        f" largest needed {self._largest[0]} text + {self._largest[1]} vision slots, but a row"
+        f" has data.l_txt = {self.l_txt} + data.l_vis = {self.l_vis} (raise them, or"
+        f" shorten the documents). Empty: documents with no usable part (issues so far:"
+        f" {issues}; python -m mogao_jax.data.check shows them).")
 
   def place(self, doc, seq: int, r: int) -> None:
     """Puts `doc` into open row r (r == len(rows) opens a new one); no fit checks."""

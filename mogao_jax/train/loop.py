@@ -24,7 +24,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
-from mogao_jax.train import runcard
+from mogao_jax import config_schema
 from mogao_jax.convert import init as convert_init
 from mogao_jax.data import pipeline
 from mogao_jax.data import tokenizer as tokenizer_lib
@@ -38,6 +38,7 @@ from mogao_jax.train import metrics as metrics_lib
 from mogao_jax.train import nan_guard
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import preempt as preempt_lib
+from mogao_jax.train import runcard
 from mogao_jax.train import step as step_lib
 from mogao_jax.train import transfer
 from mogao_jax.model.mogao import Mogao
@@ -45,17 +46,7 @@ from mogao_jax.data import batch as batch_lib
 
 
 def validate(config) -> None:
-  """Loop keys and batch divisibility; errors name the key."""
-  t = config.train
-  for key in ("steps", "log_every", "ckpt_every"):
-    v = t[key]
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-      raise ValueError(f"train.{key} = {v!r}: must be a positive int")
-  step_lib.ema_decay(config)
-  nan_guard.max_nan_skips(config)
-  bad = [s for s in t.get("debug_nan_steps", ()) or () if not isinstance(s, int)]
-  if bad:
-    raise ValueError(f"train.debug_nan_steps = {t.debug_nan_steps!r}: must be step numbers")
+  """Batch divisibility by processes and microbatches; errors name the key."""
   bs, n = config.data.batch_size, jax.process_count()
   if bs % n:
     raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
@@ -141,6 +132,7 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
   With ``dry_run`` it only compiles the step for the mesh and reports memory, FLOPs and
   sharding (mogao_jax/train/dry_run.py); nothing is written.
   """
+  config_schema.validate(config)  # every key's type and range, before any other work
   mesh_lib.maybe_initialize_distributed(config)
   if config.get("dry_run", False):
     return [dry_run.run(config)]
@@ -169,6 +161,7 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
       example = _to_global(_zero_batch(config), bsh)
       state, shardings = _init_or_restore(config, model, tx, ckpt, mesh, rules, example,
                                           data_iter)
+      log.drop_after(int(jax.device_get(state.step)))
       replicated = NamedSharding(mesh, PartitionSpec())  # the scalar metrics
       shardings, opt_on_device = step_lib.offload_opt_state(config, shardings)
       state = jax.device_put(state, shardings) if opt_on_device is not None else state
@@ -241,7 +234,7 @@ def _run(config, state, step_fn, data_iter, bsh, save, log, preempt, hooks,
       break
   if bar is not None:
     bar.close()
-  stop = stop or guard.drain()
+  stop = stop or guard.drain() or guard.all_skipped(done - start)
   if (stop or preempted) and done > start:
     if log.pending:
       records.append(log.flush(done, pipeline.data_metrics(data_iter)))

@@ -28,6 +28,26 @@ class MetricsLog:
     self.timed_steps = 0
     self.compile_s = None
 
+  def drop_after(self, step: int) -> None:
+    """Keeps metrics.jsonl's records up to ``step`` (the step a resume restored): the steps
+    after it are recomputed, and must not appear twice. A line cut by a kill goes too."""
+    if not self.primary:
+      return
+    self.jsonl.close()
+    path = self.jsonl.name
+    keep = []
+    with open(path) as f:
+      for line in f:
+        try:
+          if json.loads(line)["step"] <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+          continue  # torn by a kill mid-write
+    with open(path + ".tmp", "w") as f:  # atomic: a kill now leaves the old file or the new
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+    self.jsonl = open(path, "a")
+
   def add(self, metrics: dict[str, jax.Array], compiled_now: float | None) -> None:
     self.pending.append(metrics)
     if compiled_now is not None:  # first step: its time is compile time, not throughput

@@ -4,7 +4,8 @@ The step reports ``skipped`` and ``nan_run`` (consecutive skips). Reading them b
 device, so the guard reads step n's values only after step n+1 has been dispatched: the host
 never waits on the step it just queued. Each skip is logged with the batch's provenance (the data
 iterator state before that batch, which reproduces it); ``train.max_nan_skips`` consecutive skips
-stop the run (0 = never).
+stop the run (0 = never), and so does a run in which every step was skipped, however short:
+it applied no update, so it must not end as a success.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ class NonFiniteError(RuntimeError):
 
 
 def max_nan_skips(config) -> int:
-  v = config.train.get("max_nan_skips", 0)
-  if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-    raise ValueError(f"train.max_nan_skips = {v!r}: must be an int >= 0 (0 = never stop)")
-  return v
+  """``train.max_nan_skips`` (0 = never stop; its range: config_schema)."""
+  return int(config.train.get("max_nan_skips", 0))
 
 
 class NanGuard:
@@ -32,6 +31,7 @@ class NanGuard:
     self.limit = max_nan_skips(config)
     self.pending = None  # (step, skipped, nan_run, provenance) of the newest step
     self.skipped_steps: list[int] = []
+    self.first_provenance = None  # of the first skipped batch of this run
 
   def push(self, step: int, metrics: dict[str, Any], provenance: str) -> str | None:
     """Queues ``step``'s guard outputs (popped from ``metrics``); checks the previous step's.
@@ -41,6 +41,16 @@ class NanGuard:
     previous = self.pending
     self.pending = (step, metrics["skipped"], metrics.pop("nan_run"), provenance)
     return self._check(previous)
+
+  def all_skipped(self, steps_run: int) -> str | None:
+    """A stop message if every one of this run's ``steps_run`` steps was skipped (call after
+    ``drain``)."""
+    if not steps_run or len(self.skipped_steps) < steps_run:
+      return None
+    return (f"NaN guard: every step of this run ({steps_run}, steps"
+            f" {self.skipped_steps[0]}-{self.skipped_steps[-1]}) was non-finite and skipped, so"
+            " no update was applied. The first skipped batch's provenance (data iterator state"
+            f" before it): {self.first_provenance}")
 
   def drain(self) -> str | None:
     previous, self.pending = self.pending, None
@@ -54,6 +64,7 @@ class NanGuard:
     if not skipped:
       return None
     self.skipped_steps.append(step)
+    self.first_provenance = self.first_provenance or provenance
     logging.warning(
         "NaN guard: non-finite loss or gradient at step %d; update skipped (%d in a row, %d"
         " this run). Batch provenance: data iterator state before it = %s", step, run,

@@ -10,9 +10,11 @@ A path may be a workdir, its ``checkpoints/`` directory, or one step directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -21,7 +23,23 @@ import orbax.checkpoint as ocp
 
 from mogao_jax.data import tokenizer as tokenizer_lib
 
-WHICH = ("params", "ema", "auto")  # auto: the EMA where the checkpoint has one, else params
+WHICH = ("params", "ema", "auto")
+
+
+class WorkdirError(FileNotFoundError):
+  """A workdir (or checkpoint path) that holds no readable config, checkpoint or step."""
+
+
+def without_traceback(main: Callable) -> Callable:
+  """An entry point's ``main`` in which an unreadable workdir ends the process with the
+  message alone (exit code 1): the user's mistake, not a bug, so no traceback."""
+  @functools.wraps(main)
+  def run(argv):
+    try:
+      return main(argv)
+    except WorkdirError as e:
+      sys.exit(f"error: {e}")
+  return run  # auto: the EMA where the checkpoint has one, else params
 
 
 def locate(path: str, what: str = "--workdir", step: int | None = None) -> tuple[str, int]:
@@ -34,12 +52,12 @@ def locate(path: str, what: str = "--workdir", step: int | None = None) -> tuple
   if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
     return os.path.dirname(path), int(name) if step is None else step
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{what} = {path!r}: no such directory (or no checkpoints/ in it)")
+    raise WorkdirError(f"{what} = {path!r}: no such directory (or no checkpoints/ in it)")
   steps = ocp.path.step.checkpoint_steps(path)  # finalized steps only
   if not steps:
-    raise FileNotFoundError(f"{what} = {path!r}: no complete checkpoint there")
+    raise WorkdirError(f"{what} = {path!r}: no complete checkpoint there")
   if step is not None and step not in steps:
-    raise FileNotFoundError(f"{what} = {path!r}: no step {step} (steps: {sorted(steps)})")
+    raise WorkdirError(f"{what} = {path!r}: no step {step} (steps: {sorted(steps)})")
   return path, max(steps) if step is None else step
 
 
@@ -79,7 +97,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"--workdir {workdir} has neither config.json nor a checkpoint")
+    raise WorkdirError(f"--workdir {workdir} has neither config.json nor a checkpoint")
   return restore_config(workdir)[0]
 
 
@@ -91,7 +109,7 @@ def load_tokenizer(workdir: str, step: int | None = None) -> tokenizer_lib.Token
       return tokenizer_lib.Tokenizer(f.read())
   directory, step = locate(workdir, step=step)
   if not os.path.isdir(os.path.join(directory, str(step), "tokenizer")):
-    raise FileNotFoundError(f"--workdir {workdir} has no {tokenizer_lib.MODEL_FILE} and its "
+    raise WorkdirError(f"--workdir {workdir} has no {tokenizer_lib.MODEL_FILE} and its "
                             "checkpoint holds no tokenizer")
   manager = _reader(directory)
   try:
