@@ -214,5 +214,5 @@ def _base() -> ml_collections.ConfigDict:
   # sharding report's fail-fast check); 1.0 = off, as pure data parallelism replicates all.
   c.mesh.max_replicated_fraction = 1.0
   c.dry_run = False  # compile the step for the mesh, report memory/FLOPs/sharding, no training
-  c.dry_run_topology = ""  # e.g. "v5p-256": compile for that TPU topology (needs libtpu)
+  c.dry_run_topology = ""  # e.g. "v5p-256" or "v5p:4x4x8": compile for that TPU (needs .[tpu])
   return c

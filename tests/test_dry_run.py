@@ -64,11 +64,43 @@ def test_report_lists_every_parameter(fsdp):
   assert table.count("\n") == len(rows) + 2
 
 
-def test_unknown_topology_says_what_is_missing():
+_NO_LIBTPU = "libtpu not installed: pip install -c constraints.txt -e '.[test,tpu]' (.ci/run)"
+
+
+@pytest.mark.parametrize("name, grid", [
+    ("v5p-8", "v5p:2x2x1"), ("v5p-16", "v5p:2x2x2"), ("v5p-32", "v5p:2x2x4"),
+    ("v5p-64", "v5p:2x4x4"), ("v5p-256", "v5p:4x4x8"), ("v5p-1024", "v5p:8x8x8"),
+    ("v4-32", "v4:2x2x4"), ("v5e-8", "v5e:2x4"), ("v5litepod-16", "v5e:4x4"),
+    ("v6e-256", "v6e:16x16"), ("v5p:4x4x8", "v5p:4x4x8")])
+def test_slice_names_map_to_chip_grids(name, grid):
+  # Cloud TPU slice names count TensorCores on v4 / v5p (two per chip), chips on v5e / v6e;
+  # libtpu takes only the grid form.
+  assert dry_run.topology_name(name) == grid
+
+
+@pytest.mark.parametrize("name", ["v5p-12", "v5p-2", "tpu-big", "v5p-"])
+def test_bad_topology_names_say_what_is_expected(name):
+  with pytest.raises(ValueError, match=f"dry_run_topology = '{name}': expected a slice name"):
+    dry_run.topology_name(name)
+
+
+@pytest.mark.skipif(dry_run.has_libtpu(), reason="libtpu is installed here")
+def test_topology_without_libtpu_says_how_to_install_it():
   c = tiny_config()
   c.dry_run_topology = "v5p-8"
-  with pytest.raises(RuntimeError, match="dry_run_topology='v5p-8'"):
+  with pytest.raises(RuntimeError, match=r"dry_run_topology='v5p-8': JAX's TPU support"
+                     r" \(libtpu\) is not installed.*\.\[tpu\]"):
     dry_run.run(c)
+
+
+@pytest.mark.skipif(not dry_run.has_libtpu(), reason=_NO_LIBTPU)
+def test_compiles_the_train_step_for_a_tpu_topology():
+  """Ahead of time, on this CPU host: the whole train step for a 4-chip v5p slice."""
+  c = tiny_config()
+  c.dry_run_topology = "v5p-8"  # 4 chips, one JAX device each
+  out = dry_run.run(c)
+  assert out["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert 0 < out["peak_gib"] < 1 and out["flops_per_step_per_device"] > 0
 
 
 def test_trainer_dry_run_compiles_without_training(tmp_path):

@@ -2,12 +2,17 @@
 print per-device memory (XLA's compiled memory analysis), FLOPs per step and the sharding
 report, without data, a tokenizer or a single training step.
 
-``--config.dry_run_topology=v5p-256`` compiles for a TPU topology named by JAX instead of the
-local devices (ahead-of-time, from a CPU host). That needs JAX's TPU support (libtpu) on the
-host; without it the run stops with a message saying so.
+``--config.dry_run_topology=v5p-256`` (a slice name) or ``v5p:4x4x8`` (the chip grid, libtpu's
+own form) compiles for that TPU topology instead of the local devices, ahead of time from a CPU
+host, as MaxText's train_compile does. That needs JAX's TPU support on the host
+(``pip install -c constraints.txt -e ".[tpu]"``: libtpu); without it the run stops saying so.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import math
+import re
 
 import jax
 from absl import logging
@@ -21,15 +26,54 @@ from mogao_jax.train import step as step_lib
 from mogao_jax.model.mogao import Mogao
 
 
+# Slice names (Cloud TPU's "v5p-256") count TensorCores on v4 / v5p (2 per chip) and chips on
+# v5e / v6e; libtpu wants the chip grid ("v5p:4x4x8"). The grids are the standard slice shapes:
+# from the smallest, double the smallest axis (the last of equals), e.g. v5p 2x2x1 -> 2x2x2 ->
+# 2x2x4 -> 2x4x4 -> 4x4x4 -> 4x4x8; v5e 1x1 -> 1x2 -> 2x2 -> 2x4 -> 4x4.
+_SLICES = {"v4": ("v4", 2, (2, 2, 1)), "v5p": ("v5p", 2, (2, 2, 1)),
+           "v5e": ("v5e", 1, (1, 1)), "v5litepod": ("v5e", 1, (1, 1)), "v6e": ("v6e", 1, (1, 1))}
+
+
+def topology_name(name: str) -> str:
+  """libtpu's topology name ("v5p:4x4x8") for a slice name ("v5p-256") or a grid name."""
+  if re.fullmatch(r"[A-Za-z0-9_ ]+[:=_][0-9x]+(_twisted|_untwisted)?", name):
+    return name
+  m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
+  bad = (f"dry_run_topology = {name!r}: expected a slice name such as 'v5p-256' / 'v5e-16' or a"
+         " chip grid such as 'v5p:4x4x8'")
+  if not m:
+    raise ValueError(bad)
+  gen, per_chip, grid = _SLICES[m.group(1)]
+  n = int(m.group(2))
+  chips = n // per_chip
+  if n % per_chip or chips < math.prod(grid) or chips & (chips - 1):
+    raise ValueError(f"{bad} ({n} is not a slice size of {m.group(1)})")
+  grid = list(grid)
+  while math.prod(grid) < chips:
+    i = max(j for j, g in enumerate(grid) if g == min(grid))
+    grid[i] *= 2
+  return f"{gen}:{'x'.join(map(str, grid))}"
+
+
+def has_libtpu() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
 def _topology_devices(name: str):
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  try:
-    return topologies.get_topology_desc(name, "tpu").devices
-  except RuntimeError as e:
+  grid = topology_name(name)
+  if not has_libtpu():
     raise RuntimeError(
-        f"dry_run_topology={name!r}: this JAX cannot compile for a TPU topology here ({e});"
-        " install JAX's TPU support (libtpu) on the compiling host, or leave dry_run_topology"
-        " empty to compile for the local devices") from e
+        f"dry_run_topology={name!r}: JAX's TPU support (libtpu) is not installed on this host;"
+        " install it with pip install -c constraints.txt -e \".[tpu]\" (or leave"
+        " dry_run_topology empty to compile for the local devices)")
+  try:
+    return topologies.get_topology_desc(grid, "tpu").devices
+  except RuntimeError as e:
+    hint = (" (another process holds libtpu: wait for it, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1)"
+            if "lockfile" in str(e) else "")
+    raise RuntimeError(f"dry_run_topology={name!r} (libtpu's name {grid!r}): libtpu refused"
+                       f" it: {e}{hint}") from e
 
 
 def abstract_batch(config, sharding) -> dict:
@@ -51,7 +95,7 @@ def compile_step(config, devices=None):
     specs = step_lib.state_logical_specs(config, model, tx, batch)
     shardings = rules_lib.logical_to_sharding(specs, mesh, rules)
     state = jax.eval_shape(lambda k, b: step_lib.init_state(config, model, tx, k, b),
-                           jax.random.key(0), batch)
+                           step_lib.abstract_key(), batch)
     rows = report.parameter_rows(state.params, specs.params, shardings.params)
     report.check_divisible(rows, mesh)  # a clear error before XLA's
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
