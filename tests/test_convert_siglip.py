@@ -2,6 +2,7 @@
 native resolution and at other resolutions (bicubic position interpolation, as HF's
 interpolate_pos_encoding); float32, <= 1e-4 relative."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +33,7 @@ def tower(tmp_path_factory):
   hf.save_pretrained(path)
   cfg = siglip_convert.load_config(path)
   model = siglip.SiglipTower(cfg)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"])
   params, report = siglip_convert.import_tower(params, path)
   return hf, model, params, report
 

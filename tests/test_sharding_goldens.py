@@ -74,3 +74,14 @@ def test_sharding_matches_golden(name):
   assert not diff and want["rules"] == got["rules"], (
       f"sharding of {name} differs from {path.name} ({len(diff)} parameters; rerun with"
       " MOGAO_UPDATE_GOLDENS=1 if intended):\n" + "\n".join(diff[:20]))
+
+
+def test_the_siglip_tower_shards_like_the_rest():
+  """Its kernels carry logical axes: under FSDP each is split over fsdp (before, all 0.4B
+  parameters of the so400m-sized tower were replicated on every device)."""
+  params = parameter_specs("mogao_7b_v5p")["params"]
+  tower = {k: v for k, v in params.items() if k.startswith("vit/")}
+  kernels = {k: v for k, v in tower.items() if k.endswith(("kernel", "position_embedding"))}
+  assert len(kernels) == 27 * 6 + 2  # 6 per layer, + patch kernel and position table
+  assert all("fsdp" in json.dumps(v) for v in kernels.values()), kernels
+  assert not [k for k, v in tower.items() if all(a is None for a in v)]  # nothing replicated

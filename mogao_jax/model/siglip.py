@@ -76,6 +76,25 @@ def resize_pos(table_ND: jnp.ndarray, grid: int, h: int, w: int) -> jnp.ndarray:
   return jnp.einsum("hi,wj,ijd->hwd", mh, mw, t).reshape(h * w, -1)
 
 
+def _dense(features: int, axes: tuple[str, str], dt, name: str) -> nn.Dense:
+  """nn.Dense (HF's names and [in, out] shapes, which the import table maps) with logical axes
+  on kernel and bias, so the tower shards under the same rules as the rest of the model
+  (under FSDP its 0.4B parameters at so400m size were replicated on every device)."""
+  return nn.Dense(features, dtype=dt, name=name,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
+
+
+def _layer_norm(eps: float, dt, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(eps, dtype=dt, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                             ("embed",)))
+
+
+_POS_INIT = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+
+
 class EncoderLayer(nn.Module):
   cfg: SiglipConfig
 
@@ -84,15 +103,16 @@ class EncoderLayer(nn.Module):
     c = self.cfg
     dt = jnp.dtype(c.dtype)
     hd = c.width // c.heads
-    h = nn.LayerNorm(c.eps, dtype=dt, name="layer_norm1")(x_BLD)
+    h = _layer_norm(c.eps, dt, "layer_norm1")(x_BLD)
     split = lambda y: y.reshape(*y.shape[:-1], c.heads, hd)  # noqa: E731
-    q, k, v = (split(nn.Dense(c.width, dtype=dt, name=f"{n}_proj")(h)) for n in "qkv")
+    # q/k/v/out kernels are [width, heads * head_dim]: "heads" names the flattened output.
+    q, k, v = (split(_dense(c.width, ("embed", "heads"), dt, f"{n}_proj")(h)) for n in "qkv")
     o = layers.attention(q, k, v, mask_BLL)
     o = o.reshape(*o.shape[:-2], c.width)
-    x_BLD = x_BLD + nn.Dense(c.width, dtype=dt, name="out_proj")(o)
-    h = nn.LayerNorm(c.eps, dtype=dt, name="layer_norm2")(x_BLD)
-    h = jax.nn.gelu(nn.Dense(c.mlp_dim, dtype=dt, name="fc1")(h), approximate=True)
-    return x_BLD + nn.Dense(c.width, dtype=dt, name="fc2")(h)
+    x_BLD = x_BLD + _dense(c.width, ("heads", "embed"), dt, "out_proj")(o)
+    h = _layer_norm(c.eps, dt, "layer_norm2")(x_BLD)
+    h = jax.nn.gelu(_dense(c.mlp_dim, ("embed", "mlp"), dt, "fc1")(h), approximate=True)
+    return x_BLD + _dense(c.width, ("mlp", "embed"), dt, "fc2")(h)
 
 
 class Encoder(nn.Module):
@@ -105,14 +125,16 @@ class Encoder(nn.Module):
     c = self.cfg
     dt = jnp.dtype(c.dtype)
     p = c.patch_size
-    kernel = self.param("patch_kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("patch_kernel", nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), (None, None, None, "embed")),
                         (p, p, c.channels, c.width), jnp.float32)
-    bias = self.param("patch_bias", nn.initializers.zeros_init(), (c.width,), jnp.float32)
+    bias = self.param("patch_bias", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), ("embed",)), (c.width,), jnp.float32)
     x = patches_BLP.astype(dt) @ kernel.reshape(p * p * c.channels, c.width).astype(dt)
     x = x + bias.astype(dt) + pos_BLD.astype(dt)
     for i in range(c.depth):
       x = EncoderLayer(c, name=f"layers_{i}")(x, mask_BLL)
-    return nn.LayerNorm(c.eps, dtype=dt, name="post_layernorm")(x)
+    return _layer_norm(c.eps, dt, "post_layernorm")(x)
 
 
 class SiglipTower(nn.Module):
@@ -127,7 +149,7 @@ class SiglipTower(nn.Module):
     gh, gw = hh // p, ww // p
     patches = images_BHWC[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, ch)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * ch)
-    table = self.param("position_embedding", nn.initializers.normal(0.02),
+    table = self.param("position_embedding", _POS_INIT,
                        (c.pos_grid * c.pos_grid, c.width), jnp.float32)
     pos = resize_pos(table, c.pos_grid, gh, gw)[None]
     mask = jnp.ones((b, gh * gw, gh * gw), bool)
@@ -144,7 +166,7 @@ class SiglipSlots(nn.Module):
   @nn.compact
   def __call__(self, patch_BLP, kind_BL, segment_BL, image_BL, pos_BL3):
     c = self.cfg
-    table = self.param("position_embedding", nn.initializers.normal(0.02),
+    table = self.param("position_embedding", _POS_INIT,
                        (c.pos_grid * c.pos_grid, c.width), jnp.float32)
     resized = resize_pos(table, c.pos_grid, self.grid, self.grid)
     g = self.grid
