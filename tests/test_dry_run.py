@@ -101,6 +101,7 @@ def test_compiles_the_train_step_for_a_tpu_topology():
   out = dry_run.run(c)
   assert out["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
   assert 0 < out["peak_gib"] < 1 and out["flops_per_step_per_device"] > 0
+  assert out["hbm_gib"] == 95 and out["peak_of_hbm"] == out["peak_gib"] / 95  # v5p's HBM
 
 
 def test_trainer_dry_run_compiles_without_training(tmp_path):

@@ -76,6 +76,24 @@ def _topology_devices(name: str):
                        f" it: {e}{hint}") from e
 
 
+# HBM per device (one JAX device per chip) by device_kind, from the data sheets, for a topology
+# compiled ahead of time (its devices report no memory_stats). First match wins.
+_HBM_GIB = (("TPU v5 lite", 16), ("TPU v5", 95), ("TPU v6 lite", 32), ("TPU v4", 32),
+            ("H200", 141), ("H100", 80), ("A100", 80))
+
+
+def hbm_gib(device) -> float | None:
+  """The device's memory in GiB: its memory_stats where it reports them, else the data sheet;
+  None where neither knows (e.g. a CPU device)."""
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # noqa: BLE001  (topology devices raise; CPU devices may return None)
+    stats = {}
+  if stats.get("bytes_limit"):
+    return stats["bytes_limit"] / 2**30
+  return next((g for name, g in _HBM_GIB if name in device.device_kind), None)
+
+
 def abstract_batch(config, sharding) -> dict:
   d, m = config.data, config.model
   spec = batch_lib.row_spec(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim)
@@ -123,6 +141,9 @@ def summarize(compiled, rows, mesh) -> dict:
                temp_gib=gib(mem.temp_size_in_bytes),
                peak_gib=gib(mem.argument_size_in_bytes + mem.temp_size_in_bytes
                             + mem.output_size_in_bytes - mem.alias_size_in_bytes))
+    hbm = hbm_gib(mesh.devices.flat[0])
+    if hbm is not None:
+      out.update(hbm_gib=float(hbm), peak_of_hbm=out["peak_gib"] / hbm)
   return out
 
 
@@ -137,4 +158,8 @@ def run(config) -> dict:
   logging.info("dry run on %s: %s", topo or f"{mesh.size} local devices",
                ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in out.items()))
+  if out.get("peak_of_hbm", 0) > 1:
+    logging.warning("dry run: the step needs %.1f GiB per device but the device has %.1f GiB:"
+                    " it will not fit (shard more, remat, or fewer rows per microbatch)",
+                    out["peak_gib"], out["hbm_gib"])
   return out
