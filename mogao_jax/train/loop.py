@@ -9,7 +9,7 @@ logged step), ``tb/`` (TensorBoard), ``checkpoints/``.
 
 Stops early, always with a checkpoint of the last step: on SIGTERM / a preemption sync point
 (returns normally, so the process exits 0), or after ``train.max_nan_skips`` consecutive
-non-finite steps (raises ``NonFiniteError``).
+non-finite steps, or when every step of the run was skipped (raises ``NonFiniteError``).
 """
 
 from __future__ import annotations
