@@ -98,6 +98,7 @@ def test_step_table_blockwise(config):
   assert math.isnan(row["xla_GFLOP"])
 
 
+@pytest.mark.slow  # ~47 s cold; # keep the default suite under 20 min cold on 2 cores; CI runs -m slow too
 def test_ectf_table(config):
   rows = ectf_scaling.run(config, ns=(1, 2), repeats=1)
   parsed = common.parse_table(common.table(rows, ectf_scaling.COLUMNS))
@@ -118,6 +119,7 @@ def test_ectf_table(config):
   assert two["naive_mm_GFLOP"] - two["ectf_mm_GFLOP"] == pytest.approx(prompt / 1e9)
 
 
+@pytest.mark.slow  # ~44 s cold; # keep the default suite under 20 min cold on 2 cores; CI runs -m slow too
 def test_memory_table(config):
   assert jax.device_count() == 8  # conftest
   rows = memory.run(config, meshes=((8, 1, 1), (1, 8, 1)))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests import sourcekit
 from tests.configs import REPO, tiny_config
@@ -42,6 +43,7 @@ def test_two_processes_match_one(tmp_path):
       np.testing.assert_allclose(a[k], b[k], rtol=2e-5, err_msg=k)
 
 
+@pytest.mark.slow  # ~73 s; # keep the default suite under 20 min cold on 2 cores; CI runs -m slow too
 def test_launcher_trains_two_processes(tmp_path):
   """launch/multiprocess_cpu.sh: 2 processes x 4 devices run the real trainer to the end."""
   cfg = tmp_path / "tiny_test.py"

@@ -6,6 +6,7 @@ import json
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from mogao_jax.train import loop
 from tests import shardkit
@@ -33,6 +34,7 @@ def test_offloaded_step_matches_and_stays_on_host(tmp_path):
                state.params, ref_state.params)
 
 
+@pytest.mark.slow  # ~52 s; # keep the default suite under 20 min cold on 2 cores; CI runs -m slow too
 def test_offloaded_run_saves_and_resumes(tmp_path):
   c = _config(True)
   c.train.update(steps=2, ckpt_every=1)
