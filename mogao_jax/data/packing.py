@@ -63,7 +63,7 @@ class TwoStreamPacker:
       raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
     self.max_drop_run = max_drop_run
     self._drops = {"oversize": 0, "empty": 0}  # the current run of consecutive drops
-    self._largest = (0, 0)  # (text, vision) slots of the largest document in that run
+    self._largest = (0, 0)  # the most (text, vision) slots a document of that run needed
     self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
     self.patch_dim, self.latent_dim = patch_dim, latent_dim
     self.rows: list[_OpenRow] = []
@@ -106,7 +106,8 @@ class TwoStreamPacker:
   def _dropped(self, reason: str, nt: int, nv: int) -> None:
     """Counts a drop in the current run; raises PackingError once the run is too long."""
     self._drops[reason] += 1
-    self._largest = max(self._largest, (nt, nv))
+    # Per stream: a tuple max would report the text-longest document's vision slots.
+    self._largest = (max(self._largest[0], nt), max(self._largest[1], nv))
     n = sum(self._drops.values())
     if n < self.max_drop_run:
       return None
