@@ -23,11 +23,12 @@ abstract init, activations by formula, +-30%):
     saved_activations      6.75 GiB
     transient              3.11 GiB
     logits                 6.96 GiB
-    vit_activations        5.48 GiB
-    total                 24.18 GiB
+    vit_activations        1.77 GiB
+    total                 20.46 GiB
 Of 80 GiB: room to double the batch or drop grad_accum_steps to 1 (saved activations and
 logits scale with rows per microbatch). The SigLIP tower shards under the same rules as the rest
-(before its parameters had logical axes, 9.07% of the bytes were replicated: state 2.88 GiB).
+(before its parameters had logical axes, 9.07% of the bytes were replicated: state 2.88 GiB)
+and runs per image (model/vit.py; attending over all text slots it took 5.48 GiB, 24.18 in all).
 """
 
 import pathlib

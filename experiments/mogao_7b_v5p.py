@@ -26,12 +26,13 @@ abstract init, activations by formula, +-30%):
     saved_activations      1.12 GiB
     transient              7.10 GiB
     logits                 6.96 GiB
-    vit_activations       30.20 GiB
-    total                 46.69 GiB
-Of 95 GiB: the SigLIP tower's activations dominate: it is not rematted and attends over all
-2048 text slots ([16, 2048, 2048] float32 per layer and row). Remat of the tower or per-image
-attention would save ~25 GiB. (Before its parameters had logical axes they were replicated:
-6.54% of the bytes, state 6.84 GiB per chip, total 52.79 GiB.)
+    vit_activations        9.12 GiB
+    total                 25.61 GiB
+Of 95 GiB. The SigLIP tower runs per image (model/vit.py): 2 images of 27 x 27 patches per
+row (batch.vit_capacity of 2048 text slots), attention within each image; before, it attended
+over all 2048 text slots ([16, 2048, 2048] float32 per layer and row): vit_activations 30.20
+GiB, total 46.69 GiB. (Before its parameters had logical axes they were replicated: 6.54% of
+the bytes, state 6.84 GiB per chip.)
 """
 
 import pathlib

@@ -133,6 +133,9 @@ def _base() -> ml_collections.ConfigDict:
   c.model.vit_mlp_dim = 0  # siglip only: MLP width
   c.model.vit_pos_grid = 0  # siglip only: side of the pretrained position table (0 = vit_grid)
   c.model.vit_norm_eps = 1e-6  # siglip only
+  # Images with VIT copies per row, the encoder's image batch (0 = l_txt // vit_grid**2, which
+  # full-grid images never exceed); the packer keeps rows within it.
+  c.model.vit_images = 0
   # Visibility rule table (MOGAO.md section 4); rows are query kinds TXT,VIT,CVAE,NVAE and
   # columns key kinds in the same order. "other": key in an earlier entity of the document
   # (earlier or equal T); "same": key in the same image. BAGEL's variant sets other TXT->CVAE.

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mogao_jax.convert import siglip as siglip_convert
 from mogao_jax.model import siglip
+from mogao_jax.model.mogao import Mogao
 from tests import convertkit as kit
 
 RTOL = 1e-4
@@ -59,7 +60,7 @@ def test_report_lists_every_tensor(tower):
   assert all(r.startswith("head.") for r in unused), unused  # the pooling head only
 
 
-def test_mogao_vit_slots_match_transformers(tower, tmp_path_factory):
+def test_mogao_per_image_tower_matches_transformers(tower, tmp_path_factory):
   """model.vit='siglip' + init.vit: the features at an image's VIT slots (grid 6, table 4:
   interpolated) equal SiglipVisionModel's on that image."""
   from mogao_jax.convert import init as convert_init
@@ -81,9 +82,7 @@ def test_mogao_vit_slots_match_transformers(tower, tmp_path_factory):
   row = rowkit.stack([rowkit.build_row([[("txt", [5, 6]), ("img", 1, 6, "V", patches)]],
                                        48, 4, c.model.patch_dim, c.model.latent_dim)])
   feats = jax.jit(lambda p, b: model.apply(
-      {"params": p}, b, method=lambda m, b: m.vit(b["txt_patch"], b["txt_kind"],
-                                                  b["txt_segment"], b["txt_image"],
-                                                  b["txt_pos"])))(params, row)
+      {"params": p}, b, method=Mogao.image_features))(params, row)
   ours = np.asarray(feats)[0][row["txt_kind"][0] == 2]
   image = pixels.astype(np.float32)[None] / 127.5 - 1.0
   with torch.no_grad():

@@ -67,6 +67,14 @@ def vis_spec(l_vis: int, latent_dim: int) -> dict[str, tuple[tuple[int, ...], np
   }
 
 
+def vit_capacity(l_txt: int, vit_grid: int, vit_images: int = 0) -> int:
+  """Images with VIT copies one row holds (the understanding encoder's image batch per row,
+  model/vit.py; the packer keeps every row within it). `vit_images` 0 = as many full-grid
+  images (vit_grid**2 patches each) as the text stream holds, which never binds for full-grid
+  images; a positive value caps it (less encoder compute and memory per row)."""
+  return vit_images if vit_images > 0 else max(1, l_txt // (vit_grid * vit_grid))
+
+
 def row_spec(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int):
   return {**txt_spec(l_txt, patch_dim), **vis_spec(l_vis, latent_dim)}
 

@@ -66,8 +66,9 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
   with both lengths 0 (the packer drops and counts it). Images may be any H x W divisible by
   the patch size; H, W positions are the patch row and column.
 
-  `max_len` = (l_txt, l_vis): a document that does not fit an empty row is truncated at a text
-  boundary (between tokens or parts, never through an image; no EOS, since the text did not end
+  `max_len` = (l_txt, l_vis[, vit_images]): a document that does not fit an empty row (its
+  slots, or with a third entry the images with VIT copies a row holds: batch.vit_capacity) is
+  truncated at a text boundary (between tokens or parts, never through an image; no EOS, since the text did not end
   there) and gets the issue "doc/truncated". It is left whole (and the packer drops it as
   oversize) when even the prefix through its first image does not fit, or when what fits has
   nothing to learn.
@@ -119,7 +120,8 @@ def _patched(image: documents.Image, patch_size: int, latent_patch: int = 0, lat
 
 def _fits(enc, max_len) -> bool:
   nt, nv = doc_lengths(enc)
-  return nt <= max_len[0] and nv <= max_len[1]
+  return (nt <= max_len[0] and nv <= max_len[1]
+          and (len(max_len) < 3 or vit_images(enc) <= max_len[2]))
 
 
 def _learnable(enc) -> bool:
@@ -212,3 +214,8 @@ def _set_targets(out, img_close_id):
 
 def doc_lengths(enc: dict[str, np.ndarray]) -> tuple[int, int]:
   return len(enc["txt_kind"]), len(enc["vis_kind"])
+
+
+def vit_images(enc: dict[str, np.ndarray]) -> int:
+  """Images with VIT copies in an encoded document (the understanding encoder's images)."""
+  return len(np.unique(enc["txt_image"][enc["txt_kind"] == Kind.VIT]))

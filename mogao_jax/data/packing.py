@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from mogao_jax.data import batch as batch_lib
-from mogao_jax.data.encoding import doc_lengths
+from mogao_jax.data.encoding import doc_lengths, vit_images
 
 _TXT_FIELDS = ("kind", "image", "pos", "token", "target", "loss_w", "patch")
 _VIS_FIELDS = ("kind", "image", "pos", "latent", "loss_w")
@@ -30,6 +30,7 @@ class _OpenRow:
   seqs: list = dataclasses.field(default_factory=list)
   n_txt: int = 0
   n_vis: int = 0
+  n_vit: int = 0  # images with VIT copies
 
 
 class PackingError(ValueError):
@@ -58,13 +59,15 @@ class TwoStreamPacker:
   MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed")
 
   def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4,
-               max_drop_run: int = MAX_DROP_RUN):
+               max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0):
     if open_rows < 1:
       raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
     self.max_drop_run = max_drop_run
     self._drops = {"oversize": 0, "empty": 0}  # the current run of consecutive drops
     self._largest = (0, 0)  # the most (text, vision) slots a document of that run needed
     self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
+    # Images with VIT copies per row (batch.vit_capacity; 0 = no cap): the encoder's batch.
+    self.vit_cap = vit_images or l_txt
     self.patch_dim, self.latent_dim = patch_dim, latent_dim
     self.rows: list[_OpenRow] = []
     self.stats = {k: 0 for k in self.STAT_KEYS} | {k: {} for k in self.MAP_STAT_KEYS}
@@ -84,19 +87,22 @@ class TwoStreamPacker:
     for reason, where in info.get("issues", ()):
       self._issue(reason, where)
     nt, nv = doc_lengths(doc)
+    ni = vit_images(doc)
     if nt == 0 and nv == 0:
       self.stats["dropped_empty"] += 1
       return self._dropped("empty", nt, nv)
-    if nt > self.l_txt or nv > self.l_vis:  # never cut through an image: drop the whole doc
+    if nt > self.l_txt or nv > self.l_vis or ni > self.vit_cap:  # never cut through an image
       self.stats["dropped_oversize"] += 1
       self._issue("doc/oversize", f"{info.get('id') or '<document>'} ({nt} text + {nv} vision "
-                                  f"slots; a row has {self.l_txt} + {self.l_vis})")
+                                  f"slots, {ni} encoder images; a row has {self.l_txt} + "
+                                  f"{self.l_vis}, {self.vit_cap} images)")
       return self._dropped("oversize", nt, nv)
     self._drops, self._largest = {"oversize": 0, "empty": 0}, (0, 0)
     self.stats["docs_packed"] += 1
     self._count("source_packed", source)
     for r, row in enumerate(self.rows):
-      if row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis:
+      if (row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis
+          and row.n_vit + ni <= self.vit_cap):
         self.place(doc, seq, r)
         return None
     out = self.pop_oldest() if len(self.rows) >= self.open_rows else None
@@ -129,6 +135,7 @@ class TwoStreamPacker:
     row.docs.append(doc)
     row.seqs.append(seq)
     row.n_txt, row.n_vis = row.n_txt + nt, row.n_vis + nv
+    row.n_vit += vit_images(doc)
 
   def pop_oldest(self) -> dict[str, np.ndarray] | None:
     if not self.rows:
@@ -242,10 +249,11 @@ class PackIterDataset(grain.IterDataset):
   """Grain transform: encoded documents (`encode_document`) -> rows per batch.row_spec."""
 
   def __init__(self, parent: grain.IterDataset, *, l_txt: int, l_vis: int, patch_dim: int,
-               latent_dim: int, open_rows: int = 4):
+               latent_dim: int, open_rows: int = 4, vit_images: int = 0):
     super().__init__(parent)
     self._packer_kwargs = dict(l_txt=l_txt, l_vis=l_vis, patch_dim=patch_dim,
-                               latent_dim=latent_dim, open_rows=open_rows)
+                               latent_dim=latent_dim, open_rows=open_rows,
+                               vit_images=vit_images)
     TwoStreamPacker(**self._packer_kwargs)  # validate early
 
   def __iter__(self) -> PackDatasetIterator:

@@ -32,6 +32,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import latents
 from mogao_jax.data import encoding
 from mogao_jax.data import packing
@@ -179,6 +180,16 @@ def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_d
                                  latent_patch=latent_patch, latent_dim=latent_dim)
 
 
+def vit_images(config) -> int:
+  """The per-row image capacity of the understanding encoder (model.vit_images, or what
+  batch.vit_capacity derives), which the model's encoder batch is sized for; 0 (no cap)
+  for a config without a model section (the dataset doctor's)."""
+  if "model" not in config:
+    return 0
+  m = config.model
+  return batch_lib.vit_capacity(config.data.l_txt, m.vit_grid, m.get("vit_images", 0))
+
+
 def make_dataset(config, tokenizer, *, split: str = "train", process_index: int = 0,
                  process_count: int = 1, limit_docs: int | None = None) -> grain.IterDataset:
   """The per-process dataset of packed batches (see module docstring).
@@ -196,13 +207,15 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.get("read_threads", 2),
                                             prefetch_buffer_size=64))
   latent_patch, latent_dim = latents.vision_slots(d)
+  vit_cap = vit_images(config)
   ds = ds.map(functools.partial(_encode_cut, tokenizer=tokenizer, patch_size=d.patch_size,
-                                max_len=(d.l_txt, d.l_vis), latent_patch=latent_patch,
+                                max_len=(d.l_txt, d.l_vis, vit_cap), latent_patch=latent_patch,
                                 latent_dim=latent_dim))
   ds = _maybe_workers(ds, d)
   ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis,
                                patch_dim=d.patch_size * d.patch_size * 3,
-                               latent_dim=latent_dim, open_rows=d.get("pack_open_rows", 4))
+                               latent_dim=latent_dim, open_rows=d.get("pack_open_rows", 4),
+                               vit_images=vit_cap)
   ds = ds.batch(local_batch, drop_remainder=limit_docs is None)
   return _StateGuard(ds, _state_header(mix, split, process_index, process_count))
 

@@ -42,6 +42,9 @@ class ModelConfig:
   vit_mlp_dim: int = 0  # siglip: the MLP width (the tiny ViT uses 4 * vit_width)
   vit_pos_grid: int = 0  # siglip: side of the learned position table; 0 = vit_grid
   vit_norm_eps: float = 1e-6  # siglip: LayerNorm epsilon
+  # Images with VIT copies per row the encoder batch holds (batch.vit_capacity; 0 = l_txt //
+  # vit_grid**2). The packer enforces it; a row never holds more.
+  vit_images: int = 0
   # Absolute position of vision-stream (CVAE / NVAE) slots added to their input: "sincos" (a
   # fixed 2-D table of the patch row and column, as BAGEL's latent_pos_embed) | "none" (IL-RoPE
   # only). No parameters either way. The default is "none" so that a config written before the

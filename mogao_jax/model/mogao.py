@@ -11,8 +11,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mogao_jax.data import batch as batch_lib
 from mogao_jax.data.batch import Kind
-from mogao_jax.model import layers, masks, rope, siglip, transformer, vit
+from mogao_jax.model import image_batch, layers, masks, rope, siglip, transformer, vit
 from mogao_jax.model.config import ModelConfig
 
 T_EMBED_DIM = 256
@@ -31,7 +32,7 @@ class Mogao(nn.Module):
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.width, dtype=c.compute_dtype, name="embed_tokens",
         embedding_init=nn.with_logical_partitioning(layers.embed_init(c), ("vocab", "embed")))
-    self.vit = (siglip.SiglipSlots(siglip.from_model_config(c), grid=c.vit_grid, name="vit")
+    self.vit = (siglip.SiglipImages(siglip.from_model_config(c), grid=c.vit_grid, name="vit")
                 if c.vit == "siglip" else vit.TinyViT(c))
     self.connector = vit.Connector(c)
     self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
@@ -52,19 +53,31 @@ class Mogao(nn.Module):
     self._other = masks.parse_table(c.mask_other, "model.mask_other")
     self._same = masks.parse_table(c.mask_same, "model.mask_same")
 
-  def embed_text_stream(self, b):
+  def image_features(self, b, vit_images: int = 0):
+    """The understanding encoder's output [B, L_txt, vit_width] on VIT slots (0 elsewhere):
+    each image encoded on its own patches (model/vit.py). `vit_images`: the image capacity of
+    a row, 0 = the config's (batch.vit_capacity); the sampler passes its own."""
+    c = self.cfg
+    k = vit_images or batch_lib.vit_capacity(b["txt_kind"].shape[1], c.vit_grid, c.vit_images)
+    key_BL = image_batch.image_keys(b["txt_kind"], b["txt_image"], b["txt_pos"], (Kind.VIT,), k,
+                                    c.vit_grid)
+    (patch_INP, pos_IN3), valid_IN = image_batch.to_images(
+        key_BL, (b["txt_patch"], b["txt_pos"]), k, c.vit_grid * c.vit_grid)
+    patch_INP = nn.with_logical_constraint(patch_INP, ("batch", None, None))
+    return image_batch.to_slots(self.vit(patch_INP, pos_IN3, valid_IN), key_BL)
+
+  def embed_text_stream(self, b, vit_images: int = 0):
     tok = self.embed_tokens(b["txt_token"])
-    feat = self.connector(self.vit(b["txt_patch"], b["txt_kind"], b["txt_segment"],
-                                   b["txt_image"], b["txt_pos"]))
-    is_vit = (b["txt_kind"] == Kind.VIT)[..., None]
-    return jnp.where(is_vit, feat.astype(tok.dtype), tok)
+    feat = self.connector(self.image_features(b, vit_images))
+    return jnp.where((b["txt_kind"] == Kind.VIT)[..., None], feat.astype(tok.dtype), tok)
 
   def time_condition(self, vis_t_BV):
     emb = layers.timestep_embedding(vis_t_BV, T_EMBED_DIM)
     return self.t_fc2(nn.silu(self.t_fc1(emb.astype(self.cfg.compute_dtype))))
 
-  def _embed(self, b, vis_t_BV):
-    x_txt = nn.with_logical_constraint(self.embed_text_stream(b), ("batch", "length", "embed"))
+  def _embed(self, b, vis_t_BV, vit_images: int = 0):
+    x_txt = nn.with_logical_constraint(self.embed_text_stream(b, vit_images),
+                                       ("batch", "length", "embed"))
     x_vis = self.vis_in(b["vis_latent"].astype(self.cfg.compute_dtype))
     if self.cfg.vis_pos_embed == "sincos":
       pos = b["vis_pos"]
@@ -85,7 +98,7 @@ class Mogao(nn.Module):
     x_txt, x_vis = self.stack(x_txt, x_vis, mask, angles_BLP, self.t_mod(cond_BVD))
     return self._heads(x_txt, x_vis, cond_BVD, b["vis_latent"], vis_t_BV)
 
-  def decode(self, b, vis_t_BV, cache_kv, mask_BLK):
+  def decode(self, b, vis_t_BV, cache_kv, mask_BLK, vit_images: int = 0):
     """Sampling: the new slots `b` read [cached keys ; themselves] under mask_BLK [B, L, C + L]
     (the caller builds it from slot metadata, masks.visibility plus any condition drop).
 
@@ -93,9 +106,10 @@ class Mogao(nn.Module):
     passes): the new slots are few, so mask_BLK is not L x L.
     cache_kv = (k, v), each [depth, B, C, num_kv_heads, head_dim], rotated. Returns
     (logits_BTV, velocity_BVC, new_kv) with new_kv the new slots' (k, v), [depth, B, L, ...].
+    `vit_images`: the most images with VIT copies among the new slots of a row (0 = config).
     """
     c = self.cfg
-    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV)
+    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV, vit_images)
     pos = jnp.concatenate([b["txt_pos"], b["vis_pos"]], axis=1)
     angles_BLP = rope.rope_angles(pos, c.head_dim, c.rope_theta)
     x_txt, x_vis, new_kv = self.stack(x_txt, x_vis, mask_BLK, angles_BLP, self.t_mod(cond_BVD),

@@ -3,8 +3,9 @@ head), in two forms sharing one set of weights:
 
 * `SiglipTower` on images [B, H, W, C] in [-1, 1] -> last_hidden_state [B, N, width]: the
   standalone form, for the data pipeline and the parity test;
-* `SiglipSlots` on VIT slots of the packed text stream (flattened patches + (H, W) metadata),
-  the Mogao understanding encoder when `model.vit = "siglip"`.
+* `SiglipImages` on the per-image batch of VIT patches that model/vit.py gathers from the
+  packed text stream (flattened patches + (H, W)), the Mogao understanding encoder when
+  `model.vit = "siglip"`.
 
 Variable resolution: the learned position table (a pos_grid x pos_grid grid) is resized to the
 image's patch grid with exactly torch's bicubic (a = -0.75, align_corners=False), as
@@ -21,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mogao_jax.data.batch import Kind
-from mogao_jax.model import layers
+from mogao_jax.model import layers, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,26 +156,22 @@ class SiglipTower(nn.Module):
     return Encoder(c, name="encoder")(patches, pos, mask)
 
 
-class SiglipSlots(nn.Module):
-  """The tower over VIT slots of the packed text stream: each patch attends to the patches of
-  its own image; positions from the table resized to grid x grid, indexed by the slot's (H, W).
+class SiglipImages(nn.Module):
+  """The tower as Mogao's understanding encoder, on the per-image batch of model/vit.py
+  (patches [I, N, p*p*C], their (H, W), valid [I, N]): positions from the table resized to
+  grid x grid, indexed by each patch's (H, W); attention over an image's real patches only.
   Same parameter tree as SiglipTower."""
   cfg: SiglipConfig
   grid: int
 
   @nn.compact
-  def __call__(self, patch_BLP, kind_BL, segment_BL, image_BL, pos_BL3):
+  def __call__(self, patch_INP, pos_IN3, valid_IN):
     c = self.cfg
     table = self.param("position_embedding", _POS_INIT,
                        (c.pos_grid * c.pos_grid, c.width), jnp.float32)
     resized = resize_pos(table, c.pos_grid, self.grid, self.grid)
-    g = self.grid
-    idx = jnp.clip(pos_BL3[..., 1], 0, g - 1) * g + jnp.clip(pos_BL3[..., 2], 0, g - 1)
-    is_vit = kind_BL == Kind.VIT
-    mask = ((image_BL[:, :, None] == image_BL[:, None, :])
-            & (segment_BL[:, :, None] == segment_BL[:, None, :])
-            & is_vit[:, :, None] & is_vit[:, None, :])
-    return Encoder(c, name="encoder")(patch_BLP, resized[idx], mask)
+    pos_IND = resized[vit.grid_index(pos_IN3, self.grid)]
+    return Encoder(c, name="encoder")(patch_INP, pos_IND, vit.patch_mask(valid_IN))
 
 
 def from_model_config(c) -> SiglipConfig:

@@ -23,7 +23,8 @@ Per device, in bytes:
   in float32: attention runs as plain XLA, [heads, L, L] per row) and the float32 logits with
   their softmax and gradient ([l_txt, vocab / tensor] per row);
 * the SigLIP tower (``model.vit = "siglip"``) is not rematted: all its layers' activations and
-  attention probabilities over the l_txt slots are kept.
+  attention probabilities are kept, for its image batch of ``batch.vit_capacity`` images per
+  row, ``vit_grid``**2 patches each, attending within each image (model/vit.py).
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def memory_per_device(config, num_devices: int) -> dict:
   logits = rows * d.l_txt * vocab * 4 * 3
   vit = 0.0
   if m.get("vit", "tiny") == "siglip":
-    vit_probs = m.vit_heads * d.l_txt * d.l_txt * 4
-    vit = rows * m.vit_depth * (d.l_txt * (6 * m.vit_width + 2 * m.vit_mlp_dim) * act
+    n = m.vit_grid * m.vit_grid
+    k = batch_lib.vit_capacity(d.l_txt, m.vit_grid, m.get("vit_images", 0))
+    vit_probs = k * m.vit_heads * n * n * 4  # one row's images' float32 probabilities
+    vit = rows * m.vit_depth * (k * n * (6 * m.vit_width + 2 * m.vit_mlp_dim) * act
                                 + 2 * vit_probs)
   out = dict(
       state=16 * split["params_per_device"],

@@ -128,8 +128,10 @@ class Sampler:
     mask = masks.visibility(q, k, self._other, self._same)
     if keep_BLK is not None:
       mask = mask & keep_BLK
+    # Every fed image is a full grid x grid image: that many fit the new text slots.
+    vit_images = max(1, b["txt_kind"].shape[1] // self.grid ** 2)
     return self.model.apply({"params": params}, b, vis_t_BV, (cache.k, cache.v), mask,
-                            method=Mogao.decode)
+                            vit_images, method=Mogao.decode)
 
   def _write(self, cache, b, new_kv):
     meta = masks.joint_metadata(b)
