@@ -84,12 +84,14 @@ def _base() -> ml_collections.ConfigDict:
   c.data.vocab_size = 256  # sentencepiece, trained from the world's text on first use
   # A trained tokenizer file (python -m mogao_jax.data.train_tokenizer); "" = the above.
   c.data.tokenizer = ""
-  # Vision-stream slots: "pixels" (pixel patches stand in for VAE latents) or "precomputed"
-  # (the latent each image part carries: python -m mogao_jax.encode_latents; then
-  # model.latent_dim = latent_channels * latent_patch ** 2).
+  # The image codec (model/codec.py): "pixels" (pixel patches stand in for VAE latents),
+  # "precomputed" (the VAE latent each image part carries: python -m mogao_jax.encode_latents)
+  # or "encode" (the VAE of data.vae encodes each row's images in the train input step); with a
+  # VAE, model.latent_dim = latent_channels * latent_patch ** 2 and samples are decoded by it.
   c.data.latents = "pixels"
-  c.data.latent_patch = 2  # latent pixels per vision-slot side ("precomputed" only)
-  c.data.latent_channels = 4  # the VAE's latent channels ("precomputed" only)
+  c.data.vae = ""  # a diffusers AutoencoderKL directory (needed by "encode" and for decoding)
+  c.data.latent_patch = 2  # latent pixels per vision-slot side (VAE codecs only)
+  c.data.latent_channels = 4  # the VAE's latent channels (VAE codecs; checked against data.vae)
   c.data.l_txt = 192  # text-stream slots per row (TXT + VIT)
   c.data.l_vis = 192  # vision-stream slots per row (CVAE + NVAE)
   c.data.batch_size = 16  # global rows per step

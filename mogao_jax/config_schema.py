@@ -149,7 +149,8 @@ SCHEMA: dict[str, Key] = {
     "data.eval_seed": _int(0, _SEED_MAX, optional=True),
     "data.vocab_size": _int(6),  # the tokenizer's 6 special symbols (pad unk bos eos <img> </img>)
     "data.tokenizer": Key("str", optional=True),
-    "data.latents": _choice("pixels", "precomputed"),
+    "data.latents": _choice("pixels", "precomputed", "encode"),
+    "data.vae": Key("str", optional=True),  # a diffusers AutoencoderKL dir (data/latents.py)
     "data.latent_patch": _pos(),
     "data.latent_channels": _pos(),
     "data.l_txt": _pos(),

@@ -103,6 +103,8 @@ def test_a_document_with_more_images_is_cut_before_the_extra_image(tok):
   enc = encoding.encode_document(_doc(4), tok, 4, max_len=(512, 8, 2))
   assert encoding.vit_images(enc) == 2
   assert ("doc/truncated", "<document>") in enc["doc"]["issues"]
+  assert ("doc/over_vit_images", "<document>: 4 images with VIT copies; a row's encoder holds 2 "
+          "(model.vit_images)") in enc["doc"]["issues"]
   whole = encoding.encode_document(_doc(4), tok, 4, max_len=(512, 8))
   assert encoding.vit_images(whole) == 4
 

@@ -15,51 +15,13 @@ import os
 
 import numpy as np
 
+from mogao_jax import part_configs
 from mogao_jax.convert import mapping, tensors
 
 
-def _rope_theta(hf: dict, path: str) -> float:
-  rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  kind = rp.get("rope_type", rp.get("type", "default"))
-  if kind != "default":
-    raise ValueError(f"{path}/config.json: rope type {kind!r} is not supported (IL-RoPE extends "
-                     "plain RoPE only)")
-  theta = rp.get("rope_theta", hf.get("rope_theta"))
-  if theta is None:
-    raise ValueError(f"{path}/config.json has no rope_theta")
-  return float(theta)
-
-
-def _qkv_bias(hf: dict, path: str) -> bool:
-  mtype = hf.get("model_type")
-  if mtype == "qwen2":
-    return True  # Qwen2 always has q/k/v bias (and none on o_proj / the MLP)
-  if mtype == "llama":
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-      raise ValueError(f"{path}/config.json: llama with attention_bias/mlp_bias has o_proj or "
-                       "MLP biases, which the text pathway does not have")
-    return False
-  raise ValueError(f"{path}/config.json: model_type {mtype!r} is not supported "
-                   "(expected 'qwen2' or 'llama')")
-
-
 def model_keys(path: str) -> dict:
-  """Our `model.*` keys implied by the checkpoint's config.json."""
-  hf = tensors.read_json(os.path.join(path, "config.json"))
-  if hf.get("use_sliding_window"):
-    raise ValueError(f"{path}/config.json: use_sliding_window=true is not supported")
-  if hf.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"{path}/config.json: hidden_act {hf['hidden_act']!r}, expected 'silu'")
-  heads = hf["num_attention_heads"]
-  return dict(
-      vocab_size=hf["vocab_size"], width=hf["hidden_size"], depth=hf["num_hidden_layers"],
-      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      mlp_dim=hf["intermediate_size"], qkv_bias=_qkv_bias(hf, path),
-      qk_norm=False,  # Qwen2 has no QK-norm
-      rope_theta=_rope_theta(hf, path),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
+  """Our `model.*` keys implied by the checkpoint's config.json (part_configs.qwen2_keys)."""
+  return part_configs.qwen2_keys(path)
 
 
 def check_config(model_cfg, path: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from mogao_jax import part_configs
 from mogao_jax.convert import mapping, tensors
 from mogao_jax.model.siglip import SiglipConfig
 
@@ -19,7 +20,7 @@ def load_config(path: str) -> SiglipConfig:
 
 
 def import_tower(params: dict, path: str, prefix: str = "") -> tuple[dict, list[str]]:
-  """SigLIP weights into a SiglipTower / SiglipSlots param tree (under `prefix`, e.g. "vit/")."""
+  """SigLIP weights into a SiglipTower / SiglipImages param tree (under `prefix`, e.g. "vit/")."""
   cfg = load_config(path)
   flat = tensors.flatten(params)
   theirs = tensors.read_dir(path)
@@ -30,11 +31,9 @@ def import_tower(params: dict, path: str, prefix: str = "") -> tuple[dict, list[
 
 
 def model_keys(path: str) -> dict:
-  """Our `model.*` keys implied by the SigLIP config (the patch size is data.patch_size)."""
-  c = load_config(path)
-  return dict(vit="siglip", vit_width=c.width, vit_depth=c.depth, vit_heads=c.heads,
-              vit_mlp_dim=c.mlp_dim, vit_pos_grid=c.pos_grid, vit_norm_eps=c.eps,
-              patch_dim=c.patch_size * c.patch_size * c.channels)
+  """Our `model.*` keys implied by the SigLIP config (part_configs.siglip_keys; the patch
+  size is data.patch_size)."""
+  return part_configs.siglip_keys(path)
 
 
 def import_into_model(config, params: dict, path: str) -> tuple[dict, list[str]]:

@@ -2,6 +2,7 @@
 
     cfg, params, report = load(path)
     latents = AutoencoderKL(cfg).apply({"params": params}, images, method="encode")
+    codec = codec_for(run_config)   # the run's image codec (pixels, or this VAE)
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from mogao_jax.convert import mapping, tensors
+from mogao_jax.data import latents
+from mogao_jax.model import codec as codec_lib
 from mogao_jax.model.vae import AutoencoderKL, VAEConfig
 
 
@@ -31,3 +34,19 @@ def load(path: str) -> tuple[VAEConfig, dict, list[str]]:
   entries = mapping.vae_entries({k: v.shape for k, v in flat.items()})
   report = mapping.import_entries(flat, tensors.read_dir(path), entries, path)
   return cfg, tensors.unflatten(flat), report
+
+
+def codec_for(config):
+  """The image codec of a run config (model/codec.py): pixel patches with
+  data.latents = "pixels", else the VAE of data.vae (loaded here; its errors name the file)."""
+  d = config.data
+  mode = d.get("latents", "pixels")
+  if mode == "pixels":
+    return codec_lib.PixelCodec(d.image_size, d.patch_size)
+  path = d.get("vae", "") or ""
+  if not path:
+    raise ValueError(f"config.data.latents={mode!r}: turning latents into images needs the "
+                     "VAE, config.data.vae (a diffusers AutoencoderKL directory)")
+  latents.check_config(config)  # channels and sizes against the VAE's config.json
+  cfg, params, _ = load(path)
+  return codec_lib.VAECodec(cfg, params, d.image_size, d.latent_patch)

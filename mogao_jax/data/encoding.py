@@ -57,7 +57,8 @@ def _concat(chunks, dim, prefix) -> dict[str, np.ndarray]:
 
 def encode_document(doc: documents.Document, tokenizer, patch_size: int,
                     max_len: tuple[int, int] | None = None, latent_patch: int = 0,
-                    latent_dim: int = 0) -> dict[str, Any]:
+                    latent_dim: int = 0, encode_grid: tuple[int, int] | None = None
+                    ) -> dict[str, Any]:
   """One document as ECTF stream arrays; T restarts at 0, image ids count 1, 2, ... .
 
   Returns the batch.py txt_*/vis_* fields except txt_segment/vis_segment, each with its own
@@ -77,44 +78,58 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
   image's stored VAE latent patchified `latent_patch` x `latent_patch` (latents.patchify; rows
   `latent_dim` wide, H, W = the latent patch grid) instead of its pixel patches; an image
   without a latent is dropped with the issue "image/no_latent".
+
+  `encode_grid` = (gh, gw) (config.data.latents = "encode", with latent_patch and latent_dim):
+  the CVAE / NVAE slots are zero on that latent patch grid, and `"vis_pixels"` [k, H, W, 3]
+  uint8 holds the k images with vision copies in image-id order, for the input step's VAE.
   """
   m = doc.meta
   info = {"id": str(m.get(documents.ID, "") or ""),
           "source": str(m.get(documents.SOURCE, "") or ""),
           "issues": [tuple(i) for i in m.get(documents.ISSUES, ())]}
   parts = doc.parts
-  if latent_patch:
+  if latent_patch and encode_grid is None:
     parts = [p for p in parts if not isinstance(p, documents.Image) or p.latent is not None]
     info["issues"] += [("image/no_latent", info["id"] or "<document>")] * (len(doc.parts) -
                                                                           len(parts))
   items = [("t", tokenizer.encode(p.text)) if isinstance(p, documents.Text)
-           else ("i", _patched(p, patch_size, latent_patch, latent_dim)) for p in parts]
+           else ("i", _patched(p, patch_size, latent_patch, latent_dim, encode_grid))
+           for p in parts]
   out = _encode_items(items, tokenizer, patch_size, eos=True)
   if max_len is not None and not _fits(out, max_len):
+    n_vit = vit_images(out)
     cut = _truncate(items, tokenizer, patch_size, max_len)
     if cut is not None:
       out = cut
-      info["issues"].append(("doc/truncated", info["id"] or "<document>"))
+      where = info["id"] or "<document>"
+      info["issues"].append(("doc/truncated", where))
+      if len(max_len) > 2 and n_vit > max_len[2]:
+        info["issues"].append(("doc/over_vit_images", f"{where}: {n_vit} images with VIT "
+                               f"copies; a row's encoder holds {max_len[2]} (model.vit_images)"))
   if latent_patch:  # rows latent_dim wide even with no vision slot
     out["vis_latent"] = out["vis_latent"].reshape(-1, latent_dim)
   out["doc"] = info
   return out
 
 
-def _patched(image: documents.Image, patch_size: int, latent_patch: int = 0, latent_dim: int = 0):
-  """(generate, patches, rows, cols, vision) of an image; vision = (latent patches, rows, cols)
-  with precomputed latents, else None (the vision slots take the pixel patches)."""
+def _patched(image: documents.Image, patch_size: int, latent_patch: int = 0, latent_dim: int = 0,
+             encode_grid=None):
+  """(generate, patches, rows, cols, vision) of an image; vision = (latent patches, rows, cols,
+  pixels or None) with a VAE codec, else None (the vision slots take the pixel patches)."""
   grid = images.grid_shape(image.pixels, patch_size)
   rows, cols = images.patch_rows_cols(grid)
   vision = None
-  if latent_patch:
+  if encode_grid is not None:  # latents made in the input step from these pixels
+    vision = (np.zeros((encode_grid[0] * encode_grid[1], latent_dim), np.float32),
+              *images.patch_rows_cols(encode_grid), image.pixels)
+  elif latent_patch:
     vis = latents.patchify(image.latent, latent_patch)
     if vis.shape[1] != latent_dim:
       raise ValueError(f"a stored latent of {image.latent.shape[-1]} channels gives "
                        f"{vis.shape[1]}-wide patches but config.model.latent_dim={latent_dim} "
                        f"(config.data.latent_channels x config.data.latent_patch={latent_patch}"
                        "**2 must match the VAE the latents were encoded with)")
-    vision = (vis, *images.patch_rows_cols(latents.grid_shape(image.latent, latent_patch)))
+    vision = (vis, *images.patch_rows_cols(latents.grid_shape(image.latent, latent_patch)), None)
   return image.generate, images.patchify(image.pixels, patch_size), rows, cols, vision
 
 
@@ -167,6 +182,7 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool) -> dict[str, np.
   copies = iter(_copies([kind == "i" and data[0] for kind, data in items],
                         [kind == "i" for kind, _ in items]))
   txt, vis, t, img_id = [], [], 0, 0
+  vis_pixels = []  # ("encode") images with vision copies, in id order
 
   def tokens(ids):
     nonlocal t
@@ -182,8 +198,10 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool) -> dict[str, np.
     vit, cvae, nvae = next(copies)
     img_id += 1
     _, patches, h, w, vision = data
-    vpatches, vh, vw = vision if vision is not None else (patches, h, w)
+    vpatches, vh, vw, pixels = vision if vision is not None else (patches, h, w, None)
     n = len(patches)
+    if pixels is not None and (cvae or nvae):
+      vis_pixels.append(pixels)
     tokens([tokenizer.img_open_id])
     if vit:
       txt.append(_chunk(n, Kind.VIT, img_id, t, h, w, data=patches))
@@ -199,6 +217,8 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool) -> dict[str, np.
     txt = []
   out = _concat(txt, pdim, "txt") | _concat(vis, pdim, "vis")
   _set_targets(out, tokenizer.img_close_id)
+  if vis_pixels:
+    out["vis_pixels"] = np.stack(vis_pixels)
   return out
 
 

@@ -10,18 +10,25 @@ msgpack; a base64 string in JSON). The image's pixels or path
 stay in the part (the understanding ViT reads pixels). With `config.data.latents = "precomputed"`
 the packer puts `patchify(latent, config.data.latent_patch)` in the CVAE / NVAE slots instead of
 pixel patches: model.latent_dim = latent_channels * latent_patch ** 2.
+
+`config.data.latents = "encode"`: no stored latents; the packer leaves the CVAE / NVAE slots
+zero and gives each row `vis_pixels` [K, S, S, 3] uint8 (its images with vision copies, in
+image-id order; K = `vision_images`), which the train input step encodes with the frozen VAE
+of `config.data.vae` (model/codec.py). Images are then one size, data.image_size square.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import os
 from typing import Any
 
 import numpy as np
 
 DTYPES = ("float16", "bfloat16", "float32")
-MODES = ("pixels", "precomputed")
+MODES = ("pixels", "precomputed", "encode")
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -88,25 +95,81 @@ def patchify(latent: np.ndarray, p: int) -> np.ndarray:
 def vision_slots(data_config) -> tuple[int, int]:
   """(latent_patch, vis_latent width) of config.data: (0, patch_size**2 * 3) with "pixels"."""
   d = data_config
-  if d.get("latents", "pixels") == "precomputed":
+  if d.get("latents", "pixels") != "pixels":
     return d.latent_patch, d.latent_channels * d.latent_patch ** 2
   return 0, d.patch_size * d.patch_size * 3
 
 
+def vae_config(data_config) -> dict | None:
+  """config.json of `data.vae` (a diffusers AutoencoderKL directory); None when unset.
+  Raises ValueError naming the key and the file when it is missing or unreadable."""
+  path = data_config.get("vae", "") or ""
+  if not path:
+    return None
+  f = os.path.join(path, "config.json")
+  if not os.path.isfile(f):
+    raise ValueError(f"config.data.vae={path!r}: no {f} (want a diffusers AutoencoderKL "
+                     "directory: config.json + diffusion_pytorch_model.safetensors)")
+  try:
+    with open(f) as fh:
+      return json.load(fh)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"config.data.vae: {f} is not readable JSON ({e})") from e
+
+
+def vae_factor(vae_json: dict) -> int:
+  """The VAE's spatial downsampling (2 per down block after the first)."""
+  return 2 ** (len(vae_json.get("block_out_channels", (128, 256, 512, 512))) - 1)
+
+
+def encode_grid(data_config) -> tuple[int, int]:
+  """("encode") the latent patch grid of a data.image_size image: (S / (f p), S / (f p))."""
+  d = data_config
+  g = d.image_size // (vae_factor(vae_config(d)) * d.latent_patch)
+  return g, g
+
+
+def vision_images(l_vis: int, grid: tuple[int, int]) -> int:
+  """("encode") images with vision copies one row holds, K of `vis_pixels`: every such image
+  takes at least grid[0] * grid[1] vision slots."""
+  return max(1, l_vis // (grid[0] * grid[1]))
+
+
 def check_config(config) -> None:
-  """config.data.latents / latent_patch / latent_channels against config.model.latent_dim
-  (only in "precomputed" mode; "pixels" is pipeline._check's business)."""
+  """config.data.latents / latent_patch / latent_channels / vae against config.model.latent_dim
+  and the VAE's own config.json ("pixels" is pipeline._check's business)."""
   d = config.data
   mode = d.get("latents", "pixels")
   if mode not in MODES:
     raise ValueError(f"config.data.latents={mode!r}: want one of {MODES}")
-  if mode != "precomputed":
+  if mode == "pixels":
     return
   p, c = d.get("latent_patch", 0), d.get("latent_channels", 0)
   if p <= 0 or c <= 0:
-    raise ValueError("config.data.latents='precomputed' needs config.data.latent_patch and "
+    raise ValueError(f"config.data.latents={mode!r} needs config.data.latent_patch and "
                      f"config.data.latent_channels > 0, got {p} and {c}")
   if "model" in config and config.model.get("latent_dim", c * p * p) != c * p * p:
     raise ValueError(f"config.model.latent_dim={config.model.latent_dim} but "
                      f"config.data.latent_channels={c} x config.data.latent_patch={p}**2 = "
-                     f"{c * p * p} (precomputed latents)")
+                     f"{c * p * p} ({mode} latents)")
+  vae = vae_config(d)
+  if vae is None:
+    if mode == "encode":
+      raise ValueError("config.data.latents='encode' needs config.data.vae (a diffusers "
+                       "AutoencoderKL directory)")
+    return
+  have = vae.get("latent_channels", 4)
+  if have != c:
+    raise ValueError(f"config.data.latent_channels={c} but the VAE of config.data.vae has "
+                     f"{have} latent channels ({os.path.join(d.vae, 'config.json')})")
+  if mode == "encode":
+    f = vae_factor(vae)
+    if d.image_size % (f * p):
+      raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
+                       f"downsampling {f} x config.data.latent_patch={p}")
+    buckets = [tuple(b) for b in (d.get("image_buckets", None) or ())]
+    if buckets and buckets != [(d.image_size, d.image_size)]:
+      raise ValueError(f"config.data.latents='encode' encodes one image size, "
+                       f"config.data.image_size={d.image_size} square; config.data."
+                       f"image_buckets={buckets} has others (encode them offline: "
+                       "python -m mogao_jax.encode_latents, then data.latents='precomputed')")

@@ -59,7 +59,8 @@ class TwoStreamPacker:
   MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed")
 
   def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4,
-               max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0):
+               max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0,
+               vis_pixels: tuple[int, int, int] | None = None):
     if open_rows < 1:
       raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
     self.max_drop_run = max_drop_run
@@ -68,6 +69,8 @@ class TwoStreamPacker:
     self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
     # Images with VIT copies per row (batch.vit_capacity; 0 = no cap): the encoder's batch.
     self.vit_cap = vit_images or l_txt
+    # ("encode" latents) (K, S, S): each row's `vis_pixels`, its images with vision copies.
+    self.vis_pixels = tuple(vis_pixels) if vis_pixels else None
     self.patch_dim, self.latent_dim = patch_dim, latent_dim
     self.rows: list[_OpenRow] = []
     self.stats = {k: 0 for k in self.STAT_KEYS} | {k: {} for k in self.MAP_STAT_KEYS}
@@ -161,6 +164,20 @@ class TwoStreamPacker:
         out[f"{prefix}_segment"][sl] = seg
         offsets[prefix] += n
       img_base += max(int(doc["txt_image"].max(initial=0)), int(doc["vis_image"].max(initial=0)))
+    if self.vis_pixels:
+      out["vis_pixels"] = self._pixels(docs)
+    return out
+
+  def _pixels(self, docs) -> np.ndarray:
+    """The row's vision images [K, S, S, 3] in image-id order (ids grow with segment order);
+    K is never exceeded: each image takes at least l_vis / K vision slots."""
+    k, h, w = self.vis_pixels
+    out, at = np.zeros((k, h, w, 3), np.uint8), 0
+    for doc in docs:
+      px = doc.get("vis_pixels")
+      if px is not None and len(px):
+        out[at:at + len(px)] = px
+        at += len(px)
     return out
 
   def efficiency(self) -> dict[str, float]:
@@ -249,11 +266,12 @@ class PackIterDataset(grain.IterDataset):
   """Grain transform: encoded documents (`encode_document`) -> rows per batch.row_spec."""
 
   def __init__(self, parent: grain.IterDataset, *, l_txt: int, l_vis: int, patch_dim: int,
-               latent_dim: int, open_rows: int = 4, vit_images: int = 0):
+               latent_dim: int, open_rows: int = 4, vit_images: int = 0,
+               vis_pixels: tuple[int, int, int] | None = None):
     super().__init__(parent)
     self._packer_kwargs = dict(l_txt=l_txt, l_vis=l_vis, patch_dim=patch_dim,
                                latent_dim=latent_dim, open_rows=open_rows,
-                               vit_images=vit_images)
+                               vit_images=vit_images, vis_pixels=vis_pixels)
     TwoStreamPacker(**self._packer_kwargs)  # validate early
 
   def __iter__(self) -> PackDatasetIterator:

@@ -86,7 +86,7 @@ def _check(config, mix, process_index: int, process_count: int) -> int:
     vit_grid = config.model.get("vit_grid") if "model" in config else None
     records.check_resolution_fits(records.Resolution.from_config(d), d.patch_size, vit_grid)
   latents.check_config(config)
-  if latents.vision_slots(d)[0] and any(s.kind == "world" for s in mix):
+  if d.get("latents", "pixels") == "precomputed" and any(s.kind == "world" for s in mix):
     raise ValueError("config.data.latents='precomputed' needs sources whose images carry "
                      "latents (python -m mogao_jax.encode_latents); the world has none")
   patch_dim = d.patch_size * d.patch_size * 3  # pixel space: the "latent" is the patch too
@@ -175,9 +175,11 @@ def mixed_documents(config, mix=None, *, split: str = "train", process_index: in
   return grain.MapDataset.mix(parts, weights=[s.weight for s in mix])
 
 
-def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_dim=0):
+def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_dim=0,
+                encode_grid=None):
   return encoding.encode_document(doc, tokenizer, patch_size, max_len=max_len,
-                                 latent_patch=latent_patch, latent_dim=latent_dim)
+                                 latent_patch=latent_patch, latent_dim=latent_dim,
+                                 encode_grid=encode_grid)
 
 
 def vit_images(config) -> int:
@@ -208,14 +210,17 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
                                             prefetch_buffer_size=64))
   latent_patch, latent_dim = latents.vision_slots(d)
   vit_cap = vit_images(config)
+  grid = latents.encode_grid(d) if d.get("latents", "pixels") == "encode" else None
   ds = ds.map(functools.partial(_encode_cut, tokenizer=tokenizer, patch_size=d.patch_size,
                                 max_len=(d.l_txt, d.l_vis, vit_cap), latent_patch=latent_patch,
-                                latent_dim=latent_dim))
+                                latent_dim=latent_dim, encode_grid=grid))
   ds = _maybe_workers(ds, d)
   ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis,
                                patch_dim=d.patch_size * d.patch_size * 3,
                                latent_dim=latent_dim, open_rows=d.get("pack_open_rows", 4),
-                               vit_images=vit_cap)
+                               vit_images=vit_cap,
+                               vis_pixels=grid and (latents.vision_images(d.l_vis, grid),
+                                                    d.image_size, d.image_size))
   ds = ds.batch(local_batch, drop_remainder=limit_docs is None)
   return _StateGuard(ds, _state_header(mix, split, process_index, process_count))
 

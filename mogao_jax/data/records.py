@@ -40,7 +40,9 @@ Repairs (counted, the data is kept):
   text/empty                    an empty text part (dropped: it carries nothing)
   json/wrong_type:meta  json/wrong_type:kind   (ignored)
 Added downstream: doc/truncated (encoding.encode_document with max_len: a document longer than a
-row, cut at a text boundary; a repair) and doc/oversize (the packer: not even the prefix through
+row, cut at a text boundary; a repair), doc/over_vit_images (the same cut, for a document with
+more images with VIT copies than a row's encoder holds, model.vit_images; a repair) and
+doc/oversize (the packer: not even the prefix through
 its first image fits a row; dropped, also counted as dropped_oversize).
 
 Storage (`dumps` / `loads`): msgpack, not JSON + base64. msgpack is already installed (flax and
@@ -72,7 +74,7 @@ Issue = tuple[str, str]
 ISSUES, SOURCE, ID = documents.ISSUES, documents.SOURCE, documents.ID  # reserved meta keys
 
 REPAIR_REASONS = ("image/animated_first_frame", "image/mode_converted:", "image/bad_exif",
-                  "image/bad_latent", "doc/truncated",
+                  "image/bad_latent", "doc/truncated", "doc/over_vit_images",
                   "text/invalid_utf8", "text/empty", "json/wrong_type:meta",
                   "json/wrong_type:kind")
 

@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mogao_jax.convert import vae as vae_convert
 from mogao_jax.data import documents
 from mogao_jax.data import images as images_lib
 from mogao_jax.data.batch import Kind
+from mogao_jax.model import codec as codec_lib
 from mogao_jax.model import masks
 from mogao_jax.model.mogao import Mogao
 from mogao_jax.sample import cache as cache_lib
@@ -85,8 +87,9 @@ def capacity_for(config, max_tokens: int) -> int:
 
 class Sampler:
   """Sampling from Mogao params. `dims` comes from the model config; `image_size` and
-  `patch_size` from config.data (pixel patches stand in for VAE latents here).
-  `Sampler.from_config` is how every caller builds one."""
+  `patch_size` (the VIT patches) from config.data; images enter the vision stream and leave
+  it through the run's image codec (model/codec.py: pixel patches, or the VAE of data.vae,
+  which decodes every generated image). `Sampler.from_config` is how every caller builds one."""
 
   @classmethod
   def from_config(cls, config, params, tokenizer, *, max_tokens: int = 32, capacity: int = 0,
@@ -96,15 +99,20 @@ class Sampler:
     return cls(Mogao.from_config(config), params, tokenizer=tokenizer,
                image_size=config.data.image_size, patch_size=config.data.patch_size,
                capacity=capacity or capacity_for(config, max_tokens), batch_size=batch_size,
-               sc=sc, seed=seed)
+               sc=sc, seed=seed, codec=vae_convert.codec_for(config))
 
   def __init__(self, model: Mogao, params, *, tokenizer, image_size: int, patch_size: int,
                capacity: int = 1024, batch_size: int = 8, sc: SampleConfig = SampleConfig(),
-               seed: int = 0):
+               seed: int = 0, codec=None):
     self.model, self.params, self.tok, self.sc = model, params, tokenizer, sc
     self.cfg = model.cfg
     self.image_size, self.patch_size = image_size, patch_size
     self.grid = images_lib.validate(np.zeros((image_size, image_size, 3), np.uint8), patch_size)
+    self.codec = codec or codec_lib.PixelCodec(image_size, patch_size)
+    if self.codec.latent_dim != self.cfg.latent_dim:
+      raise ValueError(f"the image codec gives {self.codec.latent_dim}-wide latent patches but "
+                       f"model.latent_dim={self.cfg.latent_dim}")
+    self.n_latent = self.codec.grid[0] * self.codec.grid[1]
     self.capacity, self.batch_size, self.seed = capacity, batch_size, seed
     self.dims = (self.cfg.patch_dim, self.cfg.latent_dim)
     self._other = masks.parse_table(self.cfg.mask_other, "model.mask_other")
@@ -233,7 +241,8 @@ class Sampler:
           s.tokens(self.tok.encode(op.text))
           r.out.append(("prompt", op))
         elif isinstance(op, documents.Image):
-          s.tokens([self.tok.img_open_id]).image(op.pixels).tokens([self.tok.img_close_id])
+          s.tokens([self.tok.img_open_id]).image(op.pixels, self._latent(op.pixels))
+          s.tokens([self.tok.img_close_id])
           r.out.append(("prompt", op))
         elif isinstance(op, Gen):
           s.tokens([self.tok.img_open_id])
@@ -245,6 +254,13 @@ class Sampler:
       new.append(s if s and s.n_txt() + s.n_vis() else None)
     if any(new):
       self._append(new)
+
+  def _latent(self, pixels: np.ndarray):
+    """A context image's latent patches and grid, by the codec (`Slots.image`)."""
+    if pixels.shape[:2] != (self.image_size, self.image_size):
+      raise ValueError(f"a prompt image of {pixels.shape[0]}x{pixels.shape[1]}: the sampler "
+                       f"takes config.data.image_size={self.image_size} squares")
+    return self.codec.encode(pixels[None])[0], self.codec.grid
 
   def _append(self, new):
     b = slots_lib.collate(new, self.dims, self.capacity)
@@ -261,11 +277,13 @@ class Sampler:
     """One image for every active row (the ODE runs over the whole batch, results are kept
     for active rows), then the clean image and `</img>` go into the cache."""
     q = [slots_lib.Slots(dataclasses.replace(r.state), self.patch_size)
-         .noisy(self.grid, self.cfg.latent_dim) if a else None for r, a in zip(rows, active)]
-    b = slots_lib.collate(q, self.dims, self.capacity, n_txt=0,
-                          n_vis=self.grid * self.grid)
+         .noisy(self.codec.grid, self.cfg.latent_dim) if a else None
+         for r, a in zip(rows, active)]
+    b = slots_lib.collate(q, self.dims, self.capacity, n_txt=0, n_vis=self.n_latent)
     latent = np.asarray(self._gen(self.params, self.cache, b,
                                   *self._counters(rows, lambda r: r.n_gen)))
+    idx = [i for i, a in enumerate(active) if a]
+    pixels = dict(zip(idx, self.codec.decode(latent[idx])))  # one batched decode
     new = []
     for i, (r, a) in enumerate(zip(rows, active)):
       if not a:
@@ -273,9 +291,12 @@ class Sampler:
         continue
       r.ops.pop(0)
       r.n_gen += 1
-      img = documents.Image(images_lib.unpatchify(latent[i], self.grid), generate=True)
+      img = documents.Image(pixels[i], generate=True)
       r.out.append(("gen", img))
-      new.append(slots_lib.Slots(r.state, self.patch_size).image(img.pixels)
+      # Back in as a prompt image would come (decoded pixels, encoded again), so a document
+      # reads its own generated image exactly as it reads one given to it.
+      new.append(slots_lib.Slots(r.state, self.patch_size)
+                 .image(img.pixels, self._latent(img.pixels))
                  .tokens([self.tok.img_close_id]))
     self._append(new)
 
@@ -301,7 +322,7 @@ class Sampler:
           continue
         r.n_tok, budget[i], t = r.n_tok + 1, budget[i] - 1, int(tok[i])
         if t == self.tok.img_open_id:
-          room = r.state.length + 2 * self.grid ** 2 + 1 <= self.capacity
+          room = r.state.length + self.grid ** 2 + self.n_latent + 1 <= self.capacity
           active[i] = self._stop(r, texts[i], r.ops[0].images and room, budget[i])
         elif t == self.tok.eos_id or budget[i] <= 0:
           if t != self.tok.eos_id:

@@ -51,21 +51,28 @@ class Slots:
     self.state.t += n
     return self
 
-  def image(self, pixels: np.ndarray) -> "Slots":
-    """A clean image: VIT + CVAE copies at one T step (no delimiters: add them as tokens)."""
+  def image(self, pixels: np.ndarray, latent=None) -> "Slots":
+    """A clean image: VIT + CVAE copies at one T step (no delimiters: add them as tokens).
+    `latent` = (patches [n, latent_dim], (gh, gw)): the codec's latent patches for the CVAE
+    copy (model/codec.py); None = the pixel patches (the pixel codec)."""
     patches = images.patchify(pixels, self.patch_size)
     h, w = images.patch_rows_cols(images.validate(pixels, self.patch_size))
+    vis, vh, vw = patches, h, w
+    if latent is not None:
+      vis, grid = latent
+      vh, vw = images.patch_rows_cols(grid)
     self.state.n_img += 1
-    args = (len(patches), self.state.n_img, self.state.t, h, w)
-    self.txt.append(_chunk(*args[:1], Kind.VIT, *args[1:], data=patches))
-    self.vis.append(_chunk(*args[:1], Kind.CVAE, *args[1:], data=patches))
+    img, t = self.state.n_img, self.state.t
+    self.txt.append(_chunk(len(patches), Kind.VIT, img, t, h, w, data=patches))
+    self.vis.append(_chunk(len(vis), Kind.CVAE, img, t, vh, vw, data=np.asarray(vis, np.float32)))
     self.state.t += 1
     return self
 
-  def noisy(self, grid: int, dim: int) -> "Slots":
-    """The NVAE slots of the next image (id and T it will have once appended clean)."""
+  def noisy(self, grid, dim: int) -> "Slots":
+    """The NVAE slots of the next image (id and T it will have once appended clean); `grid`:
+    the latent patch grid, a side or (gh, gw)."""
     h, w = images.patch_rows_cols(grid)
-    self.vis.append(_chunk(grid * grid, Kind.NVAE, self.state.n_img + 1, self.state.t, h, w,
+    self.vis.append(_chunk(len(h), Kind.NVAE, self.state.n_img + 1, self.state.t, h, w,
                            dim=dim))
     return self
 

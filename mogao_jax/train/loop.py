@@ -26,6 +26,8 @@ import numpy as np
 
 from mogao_jax import config_schema
 from mogao_jax.convert import init as convert_init
+from mogao_jax.convert import vae as vae_convert
+from mogao_jax.data import latents
 from mogao_jax.data import pipeline
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.parallel import mesh as mesh_lib
@@ -46,7 +48,9 @@ from mogao_jax.data import batch as batch_lib
 
 
 def validate(config) -> None:
-  """Batch divisibility by processes and microbatches; errors name the key."""
+  """Batch divisibility by processes and microbatches, the image codec against its VAE's
+  config.json; errors name the key (and the file)."""
+  latents.check_config(config)
   bs, n = config.data.batch_size, jax.process_count()
   if bs % n:
     raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
@@ -170,7 +174,8 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
                         donate_argnums=0)
       saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)
       ctx = hooks_lib.Context(config, workdir, log.tb, tokenizer.model_proto)
-      return _run(config, state, step_fn, data_iter, bsh, saver, log, preempt, hooks, ctx)
+      inputs = _input_step(config, mesh, bsh)
+      return _run(config, state, step_fn, data_iter, inputs, saver, log, preempt, hooks, ctx)
   finally:
     # Whatever happened, let pending async saves land so the last checkpoint is not lost.
     preempt.close()
@@ -193,23 +198,41 @@ class _Saver:
       self.last = step
 
 
+def _input_step(config, mesh, bsh):
+  """local batch -> the global batch the step reads. With data.latents = "encode" a jitted
+  input step encodes each row's images (`vis_pixels`) with the frozen VAE into the vision
+  slots (model/codec.py); the VAE's weights are replicated and not part of the train state."""
+  poison = set(config.train.get("debug_nan_steps", ()) or ())
+  fill = None
+  if config.data.get("latents", "pixels") == "encode":
+    codec = vae_convert.codec_for(config)
+    vae_params = jax.device_put(codec.params, NamedSharding(mesh, PartitionSpec()))
+    jitted = jax.jit(codec.fill_latents, out_shardings=bsh)
+    fill = lambda b: jitted(vae_params, b)  # noqa: E731
+
+  def inputs(step: int, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    batch = _to_global(_poisoned(local) if step + 1 in poison else local, bsh)
+    return fill(batch) if fill else batch
+  return inputs
+
+
 def _poisoned(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The NaN-injection test hook (train.debug_nan_steps): all vision latents NaN."""
+  """The NaN-injection test hook (train.debug_nan_steps): all vision latents NaN (pixel and
+  precomputed latents; "encode" writes its latents after this)."""
   return {**batch, "vis_latent": np.full_like(batch["vis_latent"], np.nan)}
 
 
-def _run(config, state, step_fn, data_iter, bsh, save, log, preempt, hooks,
+def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
          ctx) -> list[dict[str, Any]]:
   t = config.train
   start = done = int(jax.device_get(state.step))
   logging.info("training steps %d -> %d", start, t.steps)
   bar, records = metrics_lib.progress(t.steps, start), []
-  guard, poison = nan_guard.NanGuard(config), set(t.get("debug_nan_steps", ()) or ())
+  guard = nan_guard.NanGuard(config)
   first, stop, preempted = True, None, False
   for step in range(start, t.steps):
     provenance = pipeline.state_to_json(data_iter.get_state())  # reproduces the next batch
-    local = next(data_iter)
-    batch = _to_global(_poisoned(local) if step + 1 in poison else local, bsh)
+    batch = inputs(step, next(data_iter))
     t0 = time.perf_counter()
     state, metrics = step_fn(state, batch)
     if first:  # block once so the compile lands in compile_s, not in the throughput window

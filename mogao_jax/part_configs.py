@@ -1,0 +1,116 @@
+"""Our config keys from pretrained parts' own config.json files (stdlib only, so experiment
+files can read them without importing JAX): a Hugging Face Qwen2 (or bias-free Llama), a
+SigLIP vision model and a diffusers AutoencoderKL.
+
+    keys = qwen2_keys(dir)       # model.* of the text pathway
+    keys = siglip_keys(dir)      # model.vit* of the understanding tower, + its patch size
+    keys = vae_keys(dir)         # the VAE's latent channels and spatial downsampling
+    q, s, v = parts_dir(dir)     # dir/qwen2, dir/siglip, dir/vae, each checked
+
+Nothing here chooses a size: every number comes from the parts' files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+PARTS = ("qwen2", "siglip", "vae")
+
+
+def read_config(path: str) -> dict:
+  f = os.path.join(path, "config.json")
+  if not os.path.isfile(f):
+    raise FileNotFoundError(f"{f}: missing (a Hugging Face / diffusers model directory has its "
+                            "config.json)")
+  with open(f) as fh:
+    try:
+      return json.load(fh)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{f}: not valid JSON ({e})") from e
+
+
+def parts_dir(path: str) -> tuple[str, str, str]:
+  """(qwen2, siglip, vae) directories under `path`; FileNotFoundError naming the first part
+  or file that is missing (config.json and *.safetensors in each)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"parts directory {path}: no such directory (want {path}/qwen2, "
+                            f"{path}/siglip, {path}/vae)")
+  out = []
+  for name in PARTS:
+    d = os.path.join(path, name)
+    if not os.path.isdir(d):
+      raise FileNotFoundError(f"{d}: missing part (a parts directory holds {', '.join(PARTS)})")
+    read_config(d)
+    if not glob.glob(os.path.join(d, "*.safetensors")):
+      raise FileNotFoundError(f"{d}: no *.safetensors weights")
+    out.append(d)
+  return tuple(out)
+
+
+def _rope_theta(hf: dict, path: str) -> float:
+  rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  kind = rp.get("rope_type", rp.get("type", "default"))
+  if kind != "default":
+    raise ValueError(f"{path}/config.json: rope type {kind!r} is not supported (IL-RoPE extends "
+                     "plain RoPE only)")
+  theta = rp.get("rope_theta", hf.get("rope_theta"))
+  if theta is None:
+    raise ValueError(f"{path}/config.json has no rope_theta")
+  return float(theta)
+
+
+def _qkv_bias(hf: dict, path: str) -> bool:
+  mtype = hf.get("model_type")
+  if mtype == "qwen2":
+    return True  # Qwen2 always has q/k/v bias (and none on o_proj / the MLP)
+  if mtype == "llama":
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+      raise ValueError(f"{path}/config.json: llama with attention_bias/mlp_bias has o_proj or "
+                       "MLP biases, which the text pathway does not have")
+    return False
+  raise ValueError(f"{path}/config.json: model_type {mtype!r} is not supported "
+                   "(expected 'qwen2' or 'llama')")
+
+
+def qwen2_keys(path: str) -> dict:
+  """Our `model.*` keys implied by a Qwen2 / Llama checkpoint's config.json."""
+  hf = read_config(path)
+  if hf.get("use_sliding_window"):
+    raise ValueError(f"{path}/config.json: use_sliding_window=true is not supported")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise ValueError(f"{path}/config.json: hidden_act {hf['hidden_act']!r}, expected 'silu'")
+  heads = hf["num_attention_heads"]
+  return dict(
+      vocab_size=hf["vocab_size"], width=hf["hidden_size"], depth=hf["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      mlp_dim=hf["intermediate_size"], qkv_bias=_qkv_bias(hf, path),
+      qk_norm=False,  # Qwen2 has no QK-norm
+      rope_theta=_rope_theta(hf, path),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
+
+
+def siglip_vision(path: str) -> dict:
+  """The vision config of a SiglipVisionModel or SiglipModel directory."""
+  hf = read_config(path)
+  return hf.get("vision_config", hf)
+
+
+def siglip_keys(path: str) -> dict:
+  """Our `model.vit*` keys (and model.patch_dim) implied by a SigLIP config.json."""
+  c = siglip_vision(path)
+  p = c["patch_size"]
+  return dict(vit="siglip", vit_width=c["hidden_size"], vit_depth=c["num_hidden_layers"],
+              vit_heads=c["num_attention_heads"], vit_mlp_dim=c["intermediate_size"],
+              vit_pos_grid=c["image_size"] // p, vit_norm_eps=c.get("layer_norm_eps", 1e-6),
+              patch_dim=p * p * c.get("num_channels", 3))
+
+
+def vae_keys(path: str) -> dict:
+  """latent_channels and factor (spatial downsampling) of a diffusers AutoencoderKL."""
+  hf = read_config(path)
+  return dict(latent_channels=hf.get("latent_channels", 4),
+              factor=2 ** (len(hf.get("block_out_channels", (128, 256, 512, 512))) - 1))
