@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mogao_jax.data import batch as batch_lib
 from mogao_jax.data.batch import Kind
 from mogao_jax.model import masks
 from mogao_jax.model.mogao import T_EMBED_DIM
@@ -66,16 +67,21 @@ def counts(batch: dict, mcfg) -> dict:
 
 def step_flops(batch: dict, mcfg, padded: bool = False) -> dict:
   """Train-step FLOPs (fwd + bwd) by part: text pathway, vision pathway, joint attention, ViT,
-  LM head; 'total'. padded=True counts every slot and dense L x L attention instead."""
+  LM head; 'total'. padded=True counts every slot, dense L x L attention and the ViT's whole
+  image batch instead."""
   c = counts(batch, mcfg)
   b = c["rows"]
-  if padded:  # the dense program runs the ViT and the LM head over every text-stream slot
-    n_txt, n_vis, n_vit = b * c["l_txt"], b * c["l_vis"], b * c["l_txt"]
+  # The program runs the LM head over every text-stream slot and the ViT over its image batch:
+  # vit_capacity images of vit_grid**2 patches per row (model/vit.py), attention within each.
+  k = batch_lib.vit_capacity(c["l_txt"], mcfg.vit_grid, mcfg.vit_images)
+  n = mcfg.vit_grid ** 2
+  if padded:
+    n_txt, n_vis, n_vit = b * c["l_txt"], b * c["l_vis"], b * k * n
   else:
     n_txt, n_vis, n_vit = c["txt"], c["vis"], c["vit"]
   l = c["l_txt"] + c["l_vis"]
   pairs = b * l * l if padded else c["pairs"]
-  vit_pairs = b * c["l_txt"] ** 2 if padded else c["vit_pairs"]
+  vit_pairs = b * k * n * n if padded else c["vit_pairs"]
   m, depth = mcfg, mcfg.depth
   vit_attn = m.vit_depth * 2 * 2 * m.vit_width * vit_pairs
   parts = {

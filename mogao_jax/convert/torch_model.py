@@ -168,7 +168,9 @@ class Mogao(torch.nn.Module):
     return self.layer_norm(x, "vit.post_ln")
 
   def siglip_slots(self, b):
-    """model.vit == "siglip" (mogao_jax/model/siglip.py SiglipSlots)."""
+    """model.vit == "siglip" (mogao_jax/model/siglip.py SiglipImages), over the text stream
+    with a same-image mask: the same numbers as the per-image batch while rows stay within
+    the image capacity (model.vit_images), which the packer guarantees."""
     c, g = self.cfg, self.cfg["vit_grid"]
     pg, w, eps = c["vit_pos_grid"] or g, c["vit_width"], c["vit_norm_eps"]
     table = self.p("vit.position_embedding")
