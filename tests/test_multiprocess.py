@@ -33,6 +33,7 @@ def _workers(tmp_path, nproc, ndev):
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # ~87 s cold: the default suite stays under 20 min; CI runs -m slow too
 def test_two_processes_match_one(tmp_path):
   two = _workers(tmp_path, 2, 4)
   one = _workers(tmp_path, 1, 8)
