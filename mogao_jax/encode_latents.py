@@ -71,7 +71,7 @@ def load_vae(spec: str, seed: int = 0):
     raise FileNotFoundError(f"--vae={spec}: no such directory or file")
   cfg = vae_lib.VAEConfig.from_hf(tensors.read_json(spec), spec)
   logging.warning("--vae=%s is a config: RANDOM weights (seed %d), for tests only", spec, seed)
-  f = 2 ** (len(cfg.block_out_channels) - 1)
+  f = cfg.factor
   x = jnp.zeros((1, 2 * f, 2 * f, cfg.in_channels))
   abstract = jax.eval_shape(vae_lib.AutoencoderKL(cfg).init, jax.random.key(0), x)["params"]
   # numpy, not model.init: Flax's initialisers take ~20 s to compile on a CPU for a tiny VAE.
@@ -308,7 +308,7 @@ def main(argv):
   cfg, params = load_vae(f.vae, f.vae_seed)
   job = Job(f.source, f.out, parse_buckets(f.image_buckets, f.image_size), f.dtype,
             f.records_per_file, f.decode_threads)
-  down = 2 ** (len(cfg.block_out_channels) - 1)
+  down = cfg.factor
   if any(h % down or w % down for h, w in job.buckets):
     raise ValueError(f"buckets {job.buckets}: each side must be a multiple of the VAE's "
                      f"downsampling factor {down}")

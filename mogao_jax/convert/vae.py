@@ -27,7 +27,7 @@ def load(path: str) -> tuple[VAEConfig, dict, list[str]]:
   """(config, params, report) of a diffusers AutoencoderKL directory; no random init."""
   cfg = load_config(path)
   model = AutoencoderKL(cfg)
-  f = 2 ** (len(cfg.block_out_channels) - 1)
+  f = cfg.factor
   abstract = jax.eval_shape(model.init, jax.random.key(0),
                             jnp.zeros((1, 2 * f, 2 * f, cfg.in_channels)))["params"]
   flat = tensors.flatten(abstract)

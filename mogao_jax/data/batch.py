@@ -75,6 +75,16 @@ def vit_capacity(l_txt: int, vit_grid: int, vit_images: int = 0) -> int:
   return vit_images if vit_images > 0 else max(1, l_txt // (vit_grid * vit_grid))
 
 
+def config_vit_capacity(config) -> int:
+  """vit_capacity of a run config (data.l_txt, model.vit_grid / vit_images): what the
+  packer keeps rows within and the model's encoder batch is sized for; 0 (no cap) for a
+  config without a model section (the dataset doctor's)."""
+  if "model" not in config:
+    return 0
+  m = config.model
+  return vit_capacity(config.data.l_txt, m.vit_grid, m.get("vit_images", 0))
+
+
 def row_spec(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int):
   return {**txt_spec(l_txt, patch_dim), **vis_spec(l_vis, latent_dim)}
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from typing import Any
 
 import numpy as np
+
+from mogao_jax import part_configs
 
 DTYPES = ("float16", "bfloat16", "float32")
 MODES = ("pixels", "precomputed", "encode")
@@ -100,32 +101,23 @@ def vision_slots(data_config) -> tuple[int, int]:
   return 0, d.patch_size * d.patch_size * 3
 
 
-def vae_config(data_config) -> dict | None:
-  """config.json of `data.vae` (a diffusers AutoencoderKL directory); None when unset.
-  Raises ValueError naming the key and the file when it is missing or unreadable."""
+def vae_keys(data_config) -> dict | None:
+  """latent_channels and factor of the VAE in `data.vae` (part_configs.vae_keys, from its
+  config.json); None when unset. ValueError naming the key and the file when unreadable."""
   path = data_config.get("vae", "") or ""
   if not path:
     return None
-  f = os.path.join(path, "config.json")
-  if not os.path.isfile(f):
-    raise ValueError(f"config.data.vae={path!r}: no {f} (want a diffusers AutoencoderKL "
-                     "directory: config.json + diffusion_pytorch_model.safetensors)")
   try:
-    with open(f) as fh:
-      return json.load(fh)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"config.data.vae: {f} is not readable JSON ({e})") from e
-
-
-def vae_factor(vae_json: dict) -> int:
-  """The VAE's spatial downsampling (2 per down block after the first)."""
-  return 2 ** (len(vae_json.get("block_out_channels", (128, 256, 512, 512))) - 1)
+    return part_configs.vae_keys(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"config.data.vae={path!r}: {e} (want a diffusers AutoencoderKL "
+                     "directory: config.json + diffusion_pytorch_model.safetensors)") from e
 
 
 def encode_grid(data_config) -> tuple[int, int]:
   """("encode") the latent patch grid of a data.image_size image: (S / (f p), S / (f p))."""
   d = data_config
-  g = d.image_size // (vae_factor(vae_config(d)) * d.latent_patch)
+  g = d.image_size // (vae_keys(d)["factor"] * d.latent_patch)
   return g, g
 
 
@@ -152,18 +144,18 @@ def check_config(config) -> None:
     raise ValueError(f"config.model.latent_dim={config.model.latent_dim} but "
                      f"config.data.latent_channels={c} x config.data.latent_patch={p}**2 = "
                      f"{c * p * p} ({mode} latents)")
-  vae = vae_config(d)
+  vae = vae_keys(d)
   if vae is None:
     if mode == "encode":
       raise ValueError("config.data.latents='encode' needs config.data.vae (a diffusers "
                        "AutoencoderKL directory)")
     return
-  have = vae.get("latent_channels", 4)
+  have = vae["latent_channels"]
   if have != c:
     raise ValueError(f"config.data.latent_channels={c} but the VAE of config.data.vae has "
                      f"{have} latent channels ({os.path.join(d.vae, 'config.json')})")
   if mode == "encode":
-    f = vae_factor(vae)
+    f = vae["factor"]
     if d.image_size % (f * p):
       raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
                        f"downsampling {f} x config.data.latent_patch={p}")

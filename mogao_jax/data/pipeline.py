@@ -182,16 +182,6 @@ def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_d
                                  encode_grid=encode_grid)
 
 
-def vit_images(config) -> int:
-  """The per-row image capacity of the understanding encoder (model.vit_images, or what
-  batch.vit_capacity derives), which the model's encoder batch is sized for; 0 (no cap)
-  for a config without a model section (the dataset doctor's)."""
-  if "model" not in config:
-    return 0
-  m = config.model
-  return batch_lib.vit_capacity(config.data.l_txt, m.vit_grid, m.get("vit_images", 0))
-
-
 def make_dataset(config, tokenizer, *, split: str = "train", process_index: int = 0,
                  process_count: int = 1, limit_docs: int | None = None) -> grain.IterDataset:
   """The per-process dataset of packed batches (see module docstring).
@@ -209,7 +199,7 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.get("read_threads", 2),
                                             prefetch_buffer_size=64))
   latent_patch, latent_dim = latents.vision_slots(d)
-  vit_cap = vit_images(config)
+  vit_cap = batch_lib.config_vit_capacity(config)
   grid = latents.encode_grid(d) if d.get("latents", "pixels") == "encode" else None
   ds = ds.map(functools.partial(_encode_cut, tokenizer=tokenizer, patch_size=d.patch_size,
                                 max_len=(d.l_txt, d.l_vis, vit_cap), latent_patch=latent_patch,

@@ -49,7 +49,7 @@ class VAECodec:
   """An AutoencoderKL's normalised latents, patchified latent_patch x latent_patch."""
 
   def __init__(self, cfg: vae_lib.VAEConfig, params, image_size: int, latent_patch: int):
-    f = 2 ** (len(cfg.block_out_channels) - 1)
+    f = cfg.factor
     if image_size % (f * latent_patch):
       raise ValueError(f"config.data.image_size={image_size} is not divisible by the VAE's "
                        f"downsampling {f} x config.data.latent_patch={latent_patch}")

@@ -35,6 +35,11 @@ class VAEConfig:
   use_post_quant_conv: bool = True
   mid_block_add_attention: bool = True
 
+  @property
+  def factor(self) -> int:
+    """Spatial downsampling: 2 per down block after the first."""
+    return 2 ** (len(self.block_out_channels) - 1)
+
   @classmethod
   def from_hf(cls, hf: dict, source: str = "config.json") -> "VAEConfig":
     for key, want in (("down_block_types", "DownEncoderBlock2D"),

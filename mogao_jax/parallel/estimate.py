@@ -108,9 +108,9 @@ def memory_per_device(config, num_devices: int) -> dict:
   vit = 0.0
   if m.get("vit", "tiny") == "siglip":
     n = m.vit_grid * m.vit_grid
-    k = batch_lib.vit_capacity(d.l_txt, m.vit_grid, m.get("vit_images", 0))
-    vit_probs = k * m.vit_heads * n * n * 4  # one row's images' float32 probabilities
-    vit = rows * m.vit_depth * (k * n * (6 * m.vit_width + 2 * m.vit_mlp_dim) * act
+    images = batch_lib.config_vit_capacity(config)
+    vit_probs = images * m.vit_heads * n * n * 4  # one row's images' float32 probabilities
+    vit = rows * m.vit_depth * (images * n * (6 * m.vit_width + 2 * m.vit_mlp_dim) * act
                                 + 2 * vit_probs)
   out = dict(
       state=16 * split["params_per_device"],
