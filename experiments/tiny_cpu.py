@@ -8,8 +8,8 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
   res    image side in pixels (a multiple of the 4-pixel patch); the ViT position grid and
          the stream capacities follow it (l_vis = 3 images' patches: a 2-step story fits)
   batch  global rows per step
-  attn   dense | blockwise: model.attention (blockwise never builds the L x L mask; for long
-         rows, e.g. res=64)
+  attn   dense | blockwise | flash: model.attention (blockwise and flash never build the L x L
+         mask; for long rows, e.g. res=64; flash is the Pallas kernel, interpret mode on CPU)
 """
 
 import ml_collections
@@ -30,7 +30,7 @@ SIZES = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense")
   config_args.check_choice(args, "size", SIZES)
-  config_args.check_choice(args, "attn", ("dense", "blockwise"))
+  config_args.check_choice(args, "attn", ("dense", "blockwise", "flash"))
   c = _base()
   _apply_args(c, args)
   return c

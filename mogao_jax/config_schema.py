@@ -190,7 +190,7 @@ SCHEMA: dict[str, Key] = {
     "model.mask_same": _STR,
     "model.scan_layers": _BOOL,
     "model.remat": _choice("none", "full", "dots"),
-    "model.attention": _choice("dense", "blockwise", optional=True),
+    "model.attention": _choice("dense", "blockwise", "flash", optional=True),
     "model.attention_block": _pos(optional=True),
     "model.dtype": _choice("float32", "bfloat16", "float16"),
     "model.vision_init": _choice("copy_text", "scratch"),

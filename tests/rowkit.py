@@ -56,3 +56,27 @@ def _meta(row, stream, i, seg, kind, image, pos):
 
 def stack(rows):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _img(rng, i, grid, copies, dim=4):
+  return ("img", i, grid, copies, rng.uniform(-1, 1, (grid * grid, dim)).astype(np.float32))
+
+
+def mixed_rows(l_txt=48, l_vis=40):
+  """Two packed rows for attention tests: row 0 holds two documents (context images, a
+  generated one, a story image with all three copies), row 1 one document; both end in
+  padding (4-wide patches and latents)."""
+  rng = np.random.default_rng(0)
+  row0 = [[("txt", [5, 6, 7]), _img(rng, 1, 2, "VC"), ("txt", [8, 9]), _img(rng, 2, 2, "VCN"),
+           ("txt", [4]), _img(rng, 3, 2, "N")],
+          [("txt", [5, 6, 7, 8, 9, 10]), _img(rng, 4, 3, "N")]]
+  row1 = [[("txt", [5] * 9), _img(rng, 1, 3, "VCN"), ("txt", [3, 3])]]
+  return stack([build_row(d, l_txt, l_vis, 4, 4) for d in (row0, row1)])
+
+
+def images_only_rows(l_txt=16, l_vis=40):
+  """One row of two documents that are images only (no text token): a 3 x 3 image with all
+  three copies, then a 4 x 4 generated image; vision padding after them."""
+  rng = np.random.default_rng(4)
+  docs = [[_img(rng, 1, 3, "VCN")], [_img(rng, 1, 4, "N")]]
+  return stack([build_row(docs, l_txt, l_vis, 4, 4)])

@@ -27,19 +27,8 @@ SAME = masks.parse_table("0000,0100,0110,0001")
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def _img(rng, i, grid, copies, dim=4):
-  return ("img", i, grid, copies, rng.uniform(-1, 1, (grid * grid, dim)).astype(np.float32))
-
-
 def _rows(l_txt=48, l_vis=40):
-  """Two packed rows: row 0 holds two documents (context images, a generated one, a story
-  image with all three copies), row 1 one document; both end in padding."""
-  rng = np.random.default_rng(0)
-  row0 = [[("txt", [5, 6, 7]), _img(rng, 1, 2, "VC"), ("txt", [8, 9]), _img(rng, 2, 2, "VCN"),
-           ("txt", [4]), _img(rng, 3, 2, "N")],
-          [("txt", [5, 6, 7, 8, 9, 10]), _img(rng, 4, 3, "N")]]
-  row1 = [[("txt", [5] * 9), _img(rng, 1, 3, "VCN"), ("txt", [3, 3])]]
-  return rowkit.stack([rowkit.build_row(d, l_txt, l_vis, 4, 4) for d in (row0, row1)])
+  return rowkit.mixed_rows(l_txt, l_vis)
 
 
 @pytest.fixture(scope="module")
@@ -172,12 +161,19 @@ def _loss_and_grads(c, params, batch, t_BN, noise):
   return jax.jit(jax.value_and_grad(fn))(params)
 
 
-def test_model_loss_and_gradients_equal_dense(model_setup):
-  """The whole model (scan + remat, both streams, GQA): blockwise == dense."""
+@pytest.fixture(scope="module")
+def dense_loss_and_grads(model_setup):
+  return _loss_and_grads(*model_setup)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "flash"])
+def test_model_loss_and_gradients_equal_dense(model_setup, dense_loss_and_grads, impl):
+  """The whole model (scan + remat, both streams, GQA): blockwise == dense and the Pallas
+  kernel (interpret mode here) == dense."""
   c, params, batch, t_BN, noise = model_setup
-  dense = _loss_and_grads(c, params, batch, t_BN, noise)
+  dense = dense_loss_and_grads
   c = c.copy_and_resolve_references()
-  c.model.attention, c.model.attention_block = "blockwise", 32
+  c.model.attention, c.model.attention_block = impl, 32
   blk = _loss_and_grads(c, params, batch, t_BN, noise)
   np.testing.assert_allclose(float(blk[0]), float(dense[0]), rtol=1e-5)
   flat_b, flat_d = jax.tree.leaves(blk[1]), jax.tree.leaves(dense[1])

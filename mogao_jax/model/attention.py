@@ -1,4 +1,4 @@
-"""The joint attention's two implementations: dense (the CPU reference) and blockwise.
+"""The joint attention's implementations: dense (the CPU reference), blockwise and flash.
 
 `model.attention = "dense"`: the model builds the boolean L x L mask from the slot metadata
 (masks.visibility) and runs jax.nn.dot_product_attention on it (layers.attention).
@@ -23,16 +23,11 @@ output here, where the dense path falls back to a uniform softmax over all keys.
 padding slots and they carry no loss, so losses, real slots' outputs and all gradients agree
 (tests/test_attention.py). GQA: query head n = kv head n // G, as in dot_product_attention.
 
-Not here (no GPU or TPU in the session that wrote this, so they could not be tested):
-* cuDNN (`jax.nn.dot_product_attention(implementation="cudnn")`) takes causal / padding /
-  sliding-window masks or a dense mask or bias array; our rule table (bidirectional within an
-  image, kind-dependent visibility, packed documents) is none of the former, and the latter is
-  the L x L array this path exists to avoid.
-* TPU Splash attention (jax.experimental.pallas.ops.tpu.splash_attention) takes a static mask
-  (numpy or index-computable, the same for every row) plus segment ids; our mask depends on each
-  row's kinds, image ids and T, so only its segment-id part would fit.
-* A Pallas kernel of this block loop (the block map above as scalar prefetch) is the
-  accelerator version; on CPU its interpret mode would only re-test this same algorithm.
+`model.attention = "flash"`: the same algorithm as one fused Pallas kernel (model/flash.py,
+which says why no library kernel fits our mask); its tile maps are block_map (per row, since
+the kernel's grid has a program per row) and block_full (tiles that skip the mask). On CPU it
+runs in Pallas interpret mode. The ViT towers keep dense attention: they attend within one
+image's patches ([B x images, grid**2], model/image_batch.py), not over packed slots.
 The KV-cache sampling path (Mogao.decode) stays dense: its queries are the few new slots, its
 mask [B, new, cache + new] is not L x L, and it carries the sampler's per-branch keep mask.
 """
@@ -46,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mogao_jax.data.batch import NUM_KINDS
-from mogao_jax.model import layers, masks
+from mogao_jax.model import flash, layers, masks
 
 _BIG = np.iinfo(np.int32).max
 _META = ("segment", "kind", "image", "t")
@@ -55,14 +50,14 @@ _META = ("segment", "kind", "image", "t")
 def attend(q_BLHD, k_BLKD, v_BLKD, mask, cfg):
   """The model's attention: `mask` is a bool [B, Lq, Lk] array (dense) or a pair of metadata
   dicts (q_meta, k_meta) with 'segment', 'kind', 'image' [B, L] and 'pos' [B, L, 3]
-  (blockwise, masks built per block from the rule tables of cfg)."""
+  (blockwise or flash by cfg.attention: masks built per tile from the rule tables of cfg)."""
   if not hasattr(mask, "ndim"):  # a (q_meta, k_meta) pair, however lifting re-wrapped it
     q_meta, k_meta = mask
-    return blockwise_attention(
-        q_BLHD, k_BLKD, v_BLKD, q_meta, k_meta,
-        other=masks.parse_table(cfg.mask_other, "model.mask_other"),
-        same=masks.parse_table(cfg.mask_same, "model.mask_same"),
-        block_q=cfg.attention_block, block_k=cfg.attention_block)
+    fn = flash_attention if cfg.attention == "flash" else blockwise_attention
+    return fn(q_BLHD, k_BLKD, v_BLKD, q_meta, k_meta,
+              other=masks.parse_table(cfg.mask_other, "model.mask_other"),
+              same=masks.parse_table(cfg.mask_same, "model.mask_same"),
+              block_q=cfg.attention_block, block_k=cfg.attention_block)
   return layers.attention(q_BLHD, k_BLKD, v_BLKD, mask)
 
 
@@ -88,6 +83,8 @@ def _summary(meta: dict, block: int) -> dict:
   has_img = real & (img != 0)
   return {
       "seg_lo": seg_lo, "seg_hi": seg_hi,
+      "all_real": real.all(-1), "all_img": has_img.all(-1),
+      "t_min": jnp.where(real, t, _BIG).min(-1), "t_max": jnp.where(real, t, -_BIG).max(-1),
       # the (segment, T)-smallest and -largest real slot: T within the extreme segment
       "t_lo": jnp.where(real & (seg == seg_lo[..., None]), t, _BIG).min(-1),
       "t_hi": jnp.where(real & (seg == seg_hi[..., None]), t, -_BIG).max(-1),
@@ -116,6 +113,54 @@ def block_map(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: in
     return jnp.einsum("bil,bjl->bij", readable, ks["kinds"].astype(jnp.int32)) > 0
 
   return seg_overlap & ((lex & kinds_may(other)) | (img_overlap & kinds_may(same)))
+
+
+def block_full(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: int):
+  """bool [B, nq, nk]: is every query of block i certain to read every key of block j
+  (conservative: a True is certain). Both blocks real slots of one document, and either every
+  key entity precedes every query entity (k.T < q.T: distinct images, the "other" rule) with
+  every kind pair present allowed by it, or both blocks are slots of one image with every kind
+  pair allowed by the "same" rule. The flash kernel skips the mask on such tiles."""
+  qs, ks = _summary(q_meta, block_q), _summary(k_meta, block_k)
+  q = {f: x[:, :, None] for f, x in qs.items() if f != "kinds"}
+  k = {f: x[:, None, :] for f, x in ks.items() if f != "kinds"}
+  one_doc = (q["all_real"] & k["all_real"] & (q["seg_lo"] == q["seg_hi"])
+             & (k["seg_lo"] == k["seg_hi"]) & (q["seg_lo"] == k["seg_lo"]))
+
+  def kinds_all(table):  # no present (query kind, key kind) pair that the table forbids
+    forbidden = jnp.einsum("bik,kl->bil", qs["kinds"].astype(jnp.int32),
+                           jnp.asarray(~np.asarray(table), jnp.int32))
+    return jnp.einsum("bil,bjl->bij", forbidden, ks["kinds"].astype(jnp.int32)) == 0
+
+  before = (k["t_max"] < q["t_min"]) & kinds_all(other)
+  one_image = (q["all_img"] & k["all_img"] & (q["img_lo"] == q["img_hi"])
+               & (k["img_lo"] == k["img_hi"]) & (q["img_lo"] == k["img_lo"]) & kinds_all(same))
+  return one_doc & (before | one_image)
+
+
+def flash_attention(q_BLHD, k_BLKD, v_BLKD, q_meta: dict, k_meta: dict, *, other, same,
+                    block_q: int = 128, block_k: int = 128):
+  """The fused Pallas kernel (model/flash.py) under the visibility rule of the metadata.
+
+  Same arguments and result as blockwise_attention. On CPU the kernel runs in Pallas interpret
+  mode (correct, slow: a reference, not a speed path); on TPU it is refused (see flash.py)."""
+  backend = jax.default_backend()
+  if backend == "tpu":
+    raise ValueError("model.attention='flash' is the GPU (Pallas Triton) kernel; on TPU use "
+                     "model.attention='blockwise'")
+  b, lq, h, d = q_BLHD.shape
+  lk = k_BLKD.shape[1]
+  lq_p, lk_p = -(-lq // block_q) * block_q, -(-lk // block_k) * block_k
+  qm, km = pad_meta(q_meta, lq_p), pad_meta(k_meta, lk_p)
+  vis = block_map(qm, km, other, same, block_q, block_k)  # per row: the kernel's grid has rows
+  full = block_full(qm, km, other, same, block_q, block_k)
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1])) + ((0, 0),) * (x.ndim - 2))  # noqa
+  stack = lambda m: jnp.stack([m[f] for f in _META], axis=1)  # noqa: E731  [B, 4, L]
+  kernel = flash.make(np.asarray(other, bool).tobytes(), np.asarray(same, bool).tobytes(),
+                      block_q, block_k, float(1.0 / np.sqrt(d)), backend == "cpu")
+  out = kernel(pad(q_BLHD, lq_p), pad(k_BLKD, lk_p), pad(v_BLKD, lk_p), stack(qm), stack(km),
+               vis, full)
+  return out[:, :lq]
 
 
 # --- the blockwise kernel -----------------------------------------------------------------------

@@ -51,7 +51,9 @@ class ModelConfig:
   # key existed (an older checkpoint's config.json) still builds the model it trained.
   vis_pos_embed: str = "none"
   # The joint attention (model/attention.py): "dense" builds the L x L mask (the CPU reference);
-  # "blockwise" computes it per block of `attention_block` slots and skips invisible blocks.
+  # "blockwise" computes it per block of `attention_block` slots and skips invisible blocks;
+  # "flash" is the fused Pallas kernel of the same algorithm (model/flash.py; GPU, or CPU in
+  # interpret mode).
   attention: str = "dense"
   attention_block: int = 128
   # What the vision head predicts: "velocity" (v = x1 - x0, as Mogao / SD3) or "x1" (the clean

@@ -90,7 +90,7 @@ class Mogao(nn.Module):
     c = self.cfg
     x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV)
     meta = masks.joint_metadata(b)
-    if c.attention == "blockwise":  # the mask is built block by block inside the attention
+    if c.attention in ("blockwise", "flash"):  # the mask is built per tile inside attention
       mask = (meta, meta)
     else:
       mask = masks.visibility(meta, meta, self._other, self._same)

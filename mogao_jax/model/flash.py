@@ -1,0 +1,250 @@
+"""The fused attention kernel (`model.attention = "flash"`): Pallas, forward and backward, with
+the Mogao mask computed inside the kernel from per-slot metadata.
+
+Why our own kernel (checked against jax 0.10.2, tokamax and the Pallas ops, 2026-12):
+* `jax.nn.dot_product_attention` (XLA or cuDNN) takes causal / sliding-window / padding masks,
+  or a dense mask or bias array: our rule table (bidirectional within an image, kind-dependent
+  visibility, packed documents, T order between entities) is none of the first, and the dense
+  array is the L x L we are here to avoid.
+* `jax.experimental.pallas.ops.gpu.attention.mha` (Triton) takes causal + segment ids only.
+* TPU Splash (`pallas.ops.tpu.splash_attention`) takes a static mask (one numpy or
+  index-computable mask for every row) plus segment ids; ours depends on each row's kinds,
+  image ids and T, so only its segment part fits. tokamax's attention exposes the same mask
+  vocabulary (causal, sliding window, segment ids, a dense bias).
+So the kernel is FlashAttention-2 in the style of the Pallas GPU `mha` (a program per
+(row, query head, query block) looping over key blocks; backward as one dq and one dk/dv
+kernel), with two departures: (1) the mask of a (query block, key block) tile is computed from
+the two blocks' metadata (segment, kind, image id, T) by masks.visibility's rule, so no L x L
+array exists anywhere; (2) each query block loops only over the key blocks its row can see, a
+per-row list built from conservative block summaries (attention.block_map), and a tile the
+summaries prove fully visible skips the mask (block_full). The rule tables are static: the
+kernel is specialised to them.
+
+GQA: query head h reads kv head h // G. dk / dv are produced per query head and summed over
+each group outside the kernel (G x one layer's k / v in float32: simple, and small next to the
+activations). A query that sees no key (padding) gets a zero output, as in the blockwise path.
+
+Where it runs: compiled by Pallas' Triton backend on GPUs; on CPU in Pallas interpret mode
+(the same kernel body evaluated by XLA: correctness only, no speed). Not on TPU: Mosaic needs
+(8, 128)-tiled VMEM blocks and this kernel reads a whole row's keys per program; TPU runs use
+"blockwise" (Splash-style scalar-prefetch block maps are the TPU version of this kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from mogao_jax.data.batch import NUM_KINDS
+
+_META = ("segment", "kind", "image", "t")  # rows of the stacked metadata [B, 4, L]
+
+
+def _allowed(q_kind, k_kind, table):
+  """bool [bq, bk]: table[q_kind, k_kind] as elementwise compares (no gather inside a
+  kernel): one term per query kind whose row of the static table is not empty."""
+  out = jnp.zeros((q_kind.shape[0], k_kind.shape[0]), bool)
+  for a in range(NUM_KINDS):
+    cols = [b for b in range(NUM_KINDS) if table[a, b]]
+    if cols:
+      k_ok = functools.reduce(jnp.logical_or, [k_kind == b for b in cols])
+      out = out | ((q_kind == a)[:, None] & k_ok[None, :])
+  return out
+
+
+def visible(qm, km, other, same):
+  """bool [bq, bk] from stacked metadata qm [4, bq], km [4, bk]: masks.visibility's rule."""
+  qs, qk, qi, qt = (qm[i][:, None] for i in range(4))
+  ks, kk, ki, kt = (km[i][None, :] for i in range(4))
+  same_doc = (qs == ks) & (qs > 0)
+  same_image = (qi == ki) & (qi > 0)
+  rule_same = _allowed(qm[1], km[1], same)
+  rule_other = _allowed(qm[1], km[1], other)
+  del qk, kk
+  return same_doc & jnp.where(same_image, rule_same, (kt <= qt) & rule_other)
+
+
+def _scores(q, k, qm, km, full, scale, other, same):
+  """Scaled f32 scores of one tile, -inf where invisible (the mask skipped on full tiles)."""
+  s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.float32) * scale
+  return jax.lax.cond(full, lambda: s,
+                      lambda: jnp.where(visible(qm, km, other, same), s, -jnp.inf))
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, qm_ref, km_ref, idx_ref, full_ref, cnt_ref, o_ref, lse_ref,
+                *, block_k, scale, other, same):
+  q, qm = q_ref[...], qm_ref[...]
+  bq, d = q.shape
+
+  def body(t, carry):
+    m, l, acc = carry
+    j = idx_ref[t]
+    ks = pl.ds(j * block_k, block_k)
+    s = _scores(q, k_ref[ks, :], qm, km_ref[:, ks], full_ref[t] > 0, scale, other, same)
+    m_new = jnp.maximum(m, s.max(-1))
+    m_use = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # no visible key yet: keep p = 0
+    p = jnp.exp(s - m_use[:, None])
+    corr = jnp.exp(m - m_use)
+    v = v_ref[ks, :]
+    acc = acc * corr[:, None] + jax.lax.dot_general(
+        p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return m_new, l * corr + p.sum(-1), acc
+
+  init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32),
+          jnp.zeros((bq, d), jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, cnt_ref[0], body, init)
+  seen = l > 0
+  l_safe = jnp.where(seen, l, 1.0)
+  o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), jnp.inf)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, qm_ref, km_ref, idx_ref, full_ref, cnt_ref, do_ref, lse_ref,
+               delta_ref, dq_ref, *, block_k, scale, other, same):
+  q, qm, do = q_ref[...], qm_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+
+  def body(t, dq):
+    ks = pl.ds(idx_ref[t] * block_k, block_k)
+    k, v = k_ref[ks, :], v_ref[ks, :]
+    s = _scores(q, k, qm, km_ref[:, ks], full_ref[t] > 0, scale, other, same)
+    p = jnp.exp(s - lse[:, None])
+    dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None])
+    return dq + jax.lax.dot_general(ds.astype(k.dtype), k, (((1,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32) * scale
+
+  dq = jax.lax.fori_loop(0, cnt_ref[0], body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, qm_ref, km_ref, idx_ref, full_ref, cnt_ref, do_ref, lse_ref,
+                delta_ref, dk_ref, dv_ref, *, block_q, scale, other, same):
+  k, v, km = k_ref[...], v_ref[...], km_ref[...]
+
+  def body(t, carry):
+    dk, dv = carry
+    qs = pl.ds(idx_ref[t] * block_q, block_q)
+    q, do = q_ref[qs, :], do_ref[qs, :]
+    s = _scores(q, k, qm_ref[:, qs], km, full_ref[t] > 0, scale, other, same)
+    p = jnp.exp(s - lse_ref[qs][:, None])  # lse = +inf on a query that sees nothing: p = 0
+    dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+    dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    ds = p * (dp - delta_ref[qs][:, None])
+    dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32) * scale
+    return dk, dv
+
+  zero = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, cnt_ref[0], body, (zero, zero))
+  dk_ref[...], dv_ref[...] = dk, dv
+
+
+# --- pallas_call wiring ---------------------------------------------------------------------------
+
+def _lists(vis_BIJ, full_BIJ):
+  """Per (row, block i): the blocks j it visits, visible first ([B, I, J] int32), whether each
+  listed tile is full ([B, I, J] int32) and how many to visit ([B, I, 1] int32)."""
+  order = jnp.argsort(~vis_BIJ, axis=-1, stable=True).astype(jnp.int32)
+  full = jnp.take_along_axis(full_BIJ, order, axis=-1).astype(jnp.int32)
+  return order, full, vis_BIJ.sum(-1, keepdims=True).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scale: float,
+         interpret: bool):
+  """The custom_vjp kernel for one static setting (tables as bytes so they key a cache).
+
+  Call: kernel(q [B, Lq, H, D], k / v [B, Lk, K, D], qm [B, 4, Lq], km [B, 4, Lk],
+  vis [B, nq, nk] bool, full [B, nq, nk] bool); lengths multiples of the blocks."""
+  other = np.frombuffer(other_bytes, bool).reshape(NUM_KINDS, NUM_KINDS)
+  same = np.frombuffer(same_bytes, bool).reshape(NUM_KINDS, NUM_KINDS)
+  rule = dict(scale=scale, other=other, same=same)
+  sq = pl.squeezed
+
+  def forward(q, k, v, qm, km, vis, full):
+    b, lq, h, d = q.shape
+    lk, kh = k.shape[1], k.shape[2]
+    g, nq, nk = h // kh, lq // block_q, lk // block_k
+    idx, fl, cnt = _lists(vis, full)
+    row_q = pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
+    row_kv = pl.BlockSpec((sq, lk, sq, d), lambda bi, hi, i: (bi, 0, hi // g, 0))
+    out, lse = pl.pallas_call(
+        functools.partial(_fwd_kernel, block_k=block_k, **rule),
+        grid=(b, h, nq),
+        in_specs=[row_q, row_kv, row_kv,
+                  pl.BlockSpec((sq, 4, block_q), lambda bi, hi, i: (bi, 0, i)),
+                  pl.BlockSpec((sq, 4, lk), lambda bi, hi, i: (bi, 0, 0)),
+                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
+                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
+                  pl.BlockSpec((sq, sq, 1), lambda bi, hi, i: (bi, i, 0))],
+        out_specs=[row_q, pl.BlockSpec((sq, sq, block_q), lambda bi, hi, i: (bi, hi, i))],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                   jax.ShapeDtypeStruct((b, h, lq), jnp.float32)],
+        interpret=interpret, name="mogao_flash_fwd")(q, k, v, qm, km, idx, fl, cnt)
+    return out, lse
+
+  def backward(q, k, v, qm, km, vis, full, out, lse, do):
+    b, lq, h, d = q.shape
+    lk, kh = k.shape[1], k.shape[2]
+    g, nq, nk = h // kh, lq // block_q, lk // block_k
+    delta = jnp.einsum("blhd,blhd->bhl", do.astype(jnp.float32), out.astype(jnp.float32))
+    idx, fl, cnt = _lists(vis, full)
+    row_q = pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
+    row_kv = pl.BlockSpec((sq, lk, sq, d), lambda bi, hi, i: (bi, 0, hi // g, 0))
+    per_q = pl.BlockSpec((sq, sq, block_q), lambda bi, hi, i: (bi, hi, i))
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, block_k=block_k, **rule),
+        grid=(b, h, nq),
+        in_specs=[row_q, row_kv, row_kv,
+                  pl.BlockSpec((sq, 4, block_q), lambda bi, hi, i: (bi, 0, i)),
+                  pl.BlockSpec((sq, 4, lk), lambda bi, hi, i: (bi, 0, 0)),
+                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
+                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
+                  pl.BlockSpec((sq, sq, 1), lambda bi, hi, i: (bi, i, 0)),
+                  row_q, per_q, per_q],
+        out_specs=row_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        interpret=interpret, name="mogao_flash_dq")(q, k, v, qm, km, idx, fl, cnt, do, lse, delta)
+    # dk / dv: a program per (row, query head, key block) over the query blocks that see it.
+    idx_t, fl_t, cnt_t = _lists(vis.transpose(0, 2, 1), full.transpose(0, 2, 1))
+    all_q = pl.BlockSpec((sq, lq, sq, d), lambda bi, hi, j: (bi, 0, hi, 0))
+    blk_kv = pl.BlockSpec((sq, block_k, sq, d), lambda bi, hi, j: (bi, j, hi // g, 0))
+    blk_out = pl.BlockSpec((sq, block_k, sq, d), lambda bi, hi, j: (bi, j, hi, 0))
+    all_per_q = pl.BlockSpec((sq, sq, lq), lambda bi, hi, j: (bi, hi, 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, block_q=block_q, **rule),
+        grid=(b, h, nk),
+        in_specs=[all_q, blk_kv, blk_kv,
+                  pl.BlockSpec((sq, 4, lq), lambda bi, hi, j: (bi, 0, 0)),
+                  pl.BlockSpec((sq, 4, block_k), lambda bi, hi, j: (bi, 0, j)),
+                  pl.BlockSpec((sq, sq, nq), lambda bi, hi, j: (bi, j, 0)),
+                  pl.BlockSpec((sq, sq, nq), lambda bi, hi, j: (bi, j, 0)),
+                  pl.BlockSpec((sq, sq, 1), lambda bi, hi, j: (bi, j, 0)),
+                  all_q, all_per_q, all_per_q],
+        out_specs=[blk_out, blk_out],
+        out_shape=[jax.ShapeDtypeStruct((b, lk, h, d), jnp.float32)] * 2,
+        interpret=interpret, name="mogao_flash_dkv")(q, k, v, qm, km, idx_t, fl_t, cnt_t, do,
+                                                     lse, delta)
+    group = lambda x: x.reshape(b, lk, kh, g, d).sum(3)  # noqa: E731  query heads -> kv head
+    return dq, group(dk).astype(k.dtype), group(dv).astype(v.dtype)
+
+  @jax.custom_vjp
+  def kernel(q, k, v, qm, km, vis, full):
+    return forward(q, k, v, qm, km, vis, full)[0]
+
+  def fwd(q, k, v, qm, km, vis, full):
+    out, lse = forward(q, k, v, qm, km, vis, full)
+    return out, (q, k, v, qm, km, vis, full, out, lse)
+
+  def bwd(res, do):
+    dq, dk, dv = backward(*res, do)
+    return dq, dk, dv, None, None, None, None
+
+  kernel.defvjp(fwd, bwd)
+  return kernel
