@@ -40,10 +40,14 @@ def vit_per_token(m) -> int:
 
 
 def vision_extra_per_token(m) -> int:
-  """Vision-stream matmuls outside the stack: latent in/out, time embedding, adaLN projections."""
+  """Vision-stream matmuls outside the stack, per slot: latent in and out."""
+  return 2 * m.latent_dim * m.width + 2 * m.width * m.latent_dim
+
+
+def conditioning_per_copy(m) -> int:
+  """Per image copy (Mogao.conditioning): time embedding MLP, adaLN-single and final modulation."""
   d = m.width
-  return (2 * m.latent_dim * d + 2 * d * m.latent_dim + 2 * T_EMBED_DIM * d + 2 * d * d
-          + 2 * d * 6 * d + 2 * d * 2 * d)
+  return 2 * T_EMBED_DIM * d + 2 * d * d + 2 * d * 6 * d + 2 * d * 2 * d
 
 
 def counts(batch: dict, mcfg) -> dict:
@@ -75,6 +79,8 @@ def step_flops(batch: dict, mcfg, padded: bool = False) -> dict:
   # vit_capacity images of vit_grid**2 patches per row (model/vit.py), attention within each.
   k = batch_lib.vit_capacity(c["l_txt"], mcfg.vit_grid, mcfg.vit_images)
   n = mcfg.vit_grid ** 2
+  # ... and the timestep conditioning over its 2 * vis_capacity + 1 image copies per row.
+  k_vis = batch_lib.vis_capacity(c["l_vis"], mcfg.vit_grid, mcfg.vis_images)
   if padded:
     n_txt, n_vis, n_vit = b * c["l_txt"], b * c["l_vis"], b * k * n
   else:
@@ -87,7 +93,8 @@ def step_flops(batch: dict, mcfg, padded: bool = False) -> dict:
   parts = {
       "text_pathway": depth * n_txt * pathway_matmul_per_token(m),
       "vision_pathway": depth * n_vis * pathway_matmul_per_token(m)
-                        + n_vis * vision_extra_per_token(m),
+                        + n_vis * vision_extra_per_token(m)
+                        + b * (2 * k_vis + 1) * conditioning_per_copy(m),
       "attention": depth * pairs * attention_per_pair(m),
       "vit": n_vit * vit_per_token(m) + vit_attn,
       "lm_head": n_txt * 2 * m.width * m.vocab_size,

@@ -1,7 +1,7 @@
 """Train-step time, tokens/s and MFU of the real jitted train step on one device.
 
   python -m benchmarks.step [--config experiments/tiny_cpu.py:size=tiny] [--repeats 5]
-  python -m benchmarks.step --long      # dense vs blockwise attention on long rows (res=64)
+  python -m benchmarks.step --long      # dense vs blockwise vs flash on long rows (res=64)
   python -m benchmarks.step --config experiments/mogao_1b_8gpu.py --no_xla_count \
       --set data.batch_size=8 --set data.vocab_size=256 --set model.latent_dim=768
       # --set: any config key, for every config measured (here: one GPU's share of the batch,
@@ -12,7 +12,8 @@ density) / step time / peak; on CPU the peak is the measured f32 matmul rate of 
 "padded MFU" counts what the dense program executes (every slot, full L x L attention): the
 gap between the two is what padding and masked-out attention cost. XLA's own count of the
 compiled step (cost_analysis) is shown next to the padded count as a cross-check (not for
-model.attention = "blockwise": its block loops are while loops, whose bodies XLA counts once).
+model.attention = "blockwise" or "flash": their block loops are while loops, whose bodies XLA
+counts once; flash on CPU is Pallas interpret mode, a correctness path, not a speed one).
 `temp_MiB` is XLA's compiled memory analysis of the step: its temporaries (activations, the
 attention mask and scores), the number the blockwise attention shrinks on long rows.
 """
@@ -78,7 +79,7 @@ def xla_flops(config, batch) -> float:
   """XLA's FLOP count of the compiled step. cost_analysis counts a while loop's body once, so
   with scan_layers it would see 1 of `depth` layers: count an unscanned copy instead (the same
   computation, only unrolled; this compile is for the count, it is not timed)."""
-  if config.model.get("attention", "dense") == "blockwise":
+  if config.model.get("attention", "dense") in ("blockwise", "flash"):
     return float("nan")
   if config.model.scan_layers:
     config = config.copy_and_resolve_references()
@@ -133,13 +134,15 @@ def measure(config, batch: dict, repeats: int = 5, peak: tuple[float, str] | Non
          "peak": peak_what, "mask_density": c["pairs"] / (c["rows"] * (c["l_txt"]
                                                                         + c["l_vis"]) ** 2)}
   row.update({f"share_{p}": real[p] / real["total"] for p in PARTS})
-  row["blocks_computed"] = block_fraction(batch, mcfg) if mcfg.attention == "blockwise" else 1.0
+  row["blocks_computed"] = (block_fraction(batch, mcfg, per_row=mcfg.attention == "flash")
+                            if mcfg.attention in ("blockwise", "flash") else 1.0)
   return row
 
 
-def block_fraction(batch: dict, mcfg) -> float:
+def block_fraction(batch: dict, mcfg, per_row: bool = False) -> float:
   """Fraction of (query block, key block) pairs the blockwise attention computes (the rest
-  is skipped as invisible in every row of the batch)."""
+  is skipped as invisible in every row of the batch); per_row: the flash kernel's, which
+  skips per row."""
   from mogao_jax.model import attention, masks  # pylint: disable=g-import-not-at-top
   meta = masks.joint_metadata(batch)
   n = mcfg.attention_block
@@ -147,7 +150,7 @@ def block_fraction(batch: dict, mcfg) -> float:
   bmap = attention.block_map(
       attention.pad_meta(meta, l), attention.pad_meta(meta, l),
       masks.parse_table(mcfg.mask_other), masks.parse_table(mcfg.mask_same), n, n)
-  return float(np.asarray(bmap).any(0).mean())
+  return float(np.asarray(bmap).mean() if per_row else np.asarray(bmap).any(0).mean())
 
 
 MAIN_COLUMNS = ["config", "rows", "real_tokens", "slots", "mask_density", "step_ms",
@@ -159,7 +162,7 @@ LONG_COLUMNS = ["config", "attention", "rows", "slots", "mask_density", "blocks_
 # Long rows (64 px images: 768 + 768 slots), the dense mask and scores against the blockwise
 # attention; a small batch keeps the dense step within the CPU's memory and patience.
 LONG = [f"experiments/tiny_cpu.py:size=tiny,res=64,batch=4,attn={a}"
-        for a in ("dense", "blockwise")]
+        for a in ("dense", "blockwise", "flash")]
 
 
 def main(argv=None):

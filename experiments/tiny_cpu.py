@@ -138,6 +138,9 @@ def _base() -> ml_collections.ConfigDict:
   # Images with VIT copies per row, the encoder's image batch (0 = l_txt // vit_grid**2, which
   # full-grid images never exceed); the packer keeps rows within it.
   c.model.vit_images = 0
+  # Images with vision (CVAE / NVAE) copies per row: the timestep modulation is computed once
+  # per image copy for that many (0 = l_vis // vit_grid**2); the packer keeps rows within it.
+  c.model.vis_images = 0
   # Visibility rule table (MOGAO.md section 4); rows are query kinds TXT,VIT,CVAE,NVAE and
   # columns key kinds in the same order. "other": key in an earlier entity of the document
   # (earlier or equal T); "same": key in the same image. BAGEL's variant sets other TXT->CVAE.

@@ -186,6 +186,7 @@ SCHEMA: dict[str, Key] = {
     "model.vit_pos_grid": _int(0, optional=True),
     "model.vit_norm_eps": _float(0.0, lo_open=True, optional=True),
     "model.vit_images": _int(0, optional=True),
+    "model.vis_images": _int(0, optional=True),
     "model.mask_other": _STR,  # model/masks.py parses the table and names the key
     "model.mask_same": _STR,
     "model.scan_layers": _BOOL,

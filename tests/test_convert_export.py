@@ -85,7 +85,9 @@ def _rows(c, n=2, seed=0):
   nvae = b["vis_kind"] == Kind.NVAE
   b["vis_latent"] = np.where(nvae[..., None], rng.normal(size=b["vis_latent"].shape),
                              b["vis_latent"]).astype(np.float32)
-  vis_t = np.where(nvae, rng.uniform(0.05, 0.95, nvae.shape), 1.0).astype(np.float32)
+  # One t per image (the model's contract: model/mogao.py conditioning), 1 on clean slots.
+  t_img = rng.uniform(0.05, 0.95, (len(rows), 8))
+  vis_t = np.where(nvae, np.take_along_axis(t_img, b["vis_image"], 1), 1.0).astype(np.float32)
   return b, vis_t
 
 

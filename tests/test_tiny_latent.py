@@ -111,7 +111,9 @@ def test_torch_export_matches_jax(run, tmp_path):
   assert np.abs(batch["vis_latent"]).max() > 0  # the VAE's latents are in the vision slots
   rng = np.random.default_rng(0)
   nvae = batch["vis_kind"] == 4
-  vis_t = np.where(nvae, rng.uniform(0.05, 0.95, nvae.shape), 1.0).astype(np.float32)
+  t_img = rng.uniform(0.05, 0.95, (nvae.shape[0], batch["txt_kind"].shape[1] + nvae.shape[1] + 1))
+  vis_t = np.where(nvae, np.take_along_axis(t_img, batch["vis_image"], 1), 1.0  # one t per image
+                   ).astype(np.float32)
   inputs = batch_lib.model_inputs(batch)
   logits_j, vel_j = jax.jit(Mogao.from_config(config).apply)({"params": params}, inputs, vis_t)
   spec = importlib.util.spec_from_file_location("exported_latent_model", f"{out}/torch_model.py")

@@ -85,6 +85,22 @@ def config_vit_capacity(config) -> int:
   return vit_capacity(config.data.l_txt, m.vit_grid, m.get("vit_images", 0))
 
 
+def vis_capacity(l_vis: int, vit_grid: int, vis_images: int = 0) -> int:
+  """Images with vision (CVAE / NVAE) copies one row holds: the per-image timestep modulation
+  is computed for that many images' copies (model/mogao.py; the packer keeps every row within
+  it). `vis_images` 0 = as many images of vit_grid**2 patches as the vision stream holds."""
+  return vis_images if vis_images > 0 else max(1, l_vis // (vit_grid * vit_grid))
+
+
+def config_vis_capacity(config) -> int:
+  """vis_capacity of a run config (data.l_vis, model.vit_grid / vis_images); 0 (no cap)
+  without a model section."""
+  if "model" not in config:
+    return 0
+  m = config.model
+  return vis_capacity(config.data.l_vis, m.vit_grid, m.get("vis_images", 0))
+
+
 def row_spec(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int):
   return {**txt_spec(l_txt, patch_dim), **vis_spec(l_vis, latent_dim)}
 

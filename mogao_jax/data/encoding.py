@@ -67,8 +67,9 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
   with both lengths 0 (the packer drops and counts it). Images may be any H x W divisible by
   the patch size; H, W positions are the patch row and column.
 
-  `max_len` = (l_txt, l_vis[, vit_images]): a document that does not fit an empty row (its
-  slots, or with a third entry the images with VIT copies a row holds: batch.vit_capacity) is
+  `max_len` = (l_txt, l_vis[, vit_images[, vis_images]]): a document that does not fit an empty
+  row (its slots, with a third entry the images with VIT copies a row holds: batch.vit_capacity,
+  with a fourth those with vision copies: batch.vis_capacity) is
   truncated at a text boundary (between tokens or parts, never through an image; no EOS, since the text did not end
   there) and gets the issue "doc/truncated". It is left whole (and the packer drops it as
   oversize) when even the prefix through its first image does not fit, or when what fits has
@@ -97,7 +98,7 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
            for p in parts]
   out = _encode_items(items, tokenizer, patch_size, eos=True)
   if max_len is not None and not _fits(out, max_len):
-    n_vit = vit_images(out)
+    n_vit, n_vim = vit_images(out), vision_images(out)
     cut = _truncate(items, tokenizer, patch_size, max_len)
     if cut is not None:
       out = cut
@@ -106,6 +107,9 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
       if len(max_len) > 2 and n_vit > max_len[2]:
         info["issues"].append(("doc/over_vit_images", f"{where}: {n_vit} images with VIT "
                                f"copies; a row's encoder holds {max_len[2]} (model.vit_images)"))
+      if len(max_len) > 3 and n_vim > max_len[3]:
+        info["issues"].append(("doc/over_vis_images", f"{where}: {n_vim} images with vision "
+                               f"copies; a row holds {max_len[3]} (model.vis_images)"))
   if latent_patch:  # rows latent_dim wide even with no vision slot
     out["vis_latent"] = out["vis_latent"].reshape(-1, latent_dim)
   out["doc"] = info
@@ -136,7 +140,8 @@ def _patched(image: documents.Image, patch_size: int, latent_patch: int = 0, lat
 def _fits(enc, max_len) -> bool:
   nt, nv = doc_lengths(enc)
   return (nt <= max_len[0] and nv <= max_len[1]
-          and (len(max_len) < 3 or vit_images(enc) <= max_len[2]))
+          and (len(max_len) < 3 or vit_images(enc) <= max_len[2])
+          and (len(max_len) < 4 or vision_images(enc) <= max_len[3]))
 
 
 def _learnable(enc) -> bool:
@@ -239,3 +244,8 @@ def doc_lengths(enc: dict[str, np.ndarray]) -> tuple[int, int]:
 def vit_images(enc: dict[str, np.ndarray]) -> int:
   """Images with VIT copies in an encoded document (the understanding encoder's images)."""
   return len(np.unique(enc["txt_image"][enc["txt_kind"] == Kind.VIT]))
+
+
+def vision_images(enc: dict[str, np.ndarray]) -> int:
+  """Images with CVAE or NVAE copies in an encoded document (the per-image modulation's)."""
+  return len(np.unique(enc["vis_image"][enc["vis_kind"] != Kind.PAD]))

@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from mogao_jax.data import batch as batch_lib
-from mogao_jax.data.encoding import doc_lengths, vit_images
+from mogao_jax.data.encoding import doc_lengths, vision_images, vit_images
 
 _TXT_FIELDS = ("kind", "image", "pos", "token", "target", "loss_w", "patch")
 _VIS_FIELDS = ("kind", "image", "pos", "latent", "loss_w")
@@ -31,6 +31,7 @@ class _OpenRow:
   n_txt: int = 0
   n_vis: int = 0
   n_vit: int = 0  # images with VIT copies
+  n_vim: int = 0  # images with vision (CVAE / NVAE) copies
 
 
 class PackingError(ValueError):
@@ -59,7 +60,7 @@ class TwoStreamPacker:
   MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed")
 
   def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4,
-               max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0,
+               max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0, vis_images: int = 0,
                vis_pixels: tuple[int, int, int] | None = None):
     if open_rows < 1:
       raise ValueError(f"config.data.pack_open_rows must be >= 1, got {open_rows}")
@@ -69,6 +70,9 @@ class TwoStreamPacker:
     self.l_txt, self.l_vis, self.open_rows = l_txt, l_vis, open_rows
     # Images with VIT copies per row (batch.vit_capacity; 0 = no cap): the encoder's batch.
     self.vit_cap = vit_images or l_txt
+    # Images with vision copies per row (batch.vis_capacity; 0 = no cap): the model computes
+    # the timestep modulation once per image copy, for that many images.
+    self.vis_cap = vis_images or l_vis
     # ("encode" latents) (K, S, S): each row's `vis_pixels`, its images with vision copies.
     self.vis_pixels = tuple(vis_pixels) if vis_pixels else None
     self.patch_dim, self.latent_dim = patch_dim, latent_dim
@@ -90,22 +94,24 @@ class TwoStreamPacker:
     for reason, where in info.get("issues", ()):
       self._issue(reason, where)
     nt, nv = doc_lengths(doc)
-    ni = vit_images(doc)
+    ni, nm = vit_images(doc), vision_images(doc)
     if nt == 0 and nv == 0:
       self.stats["dropped_empty"] += 1
       return self._dropped("empty", nt, nv)
-    if nt > self.l_txt or nv > self.l_vis or ni > self.vit_cap:  # never cut through an image
+    if (nt > self.l_txt or nv > self.l_vis or ni > self.vit_cap
+        or nm > self.vis_cap):  # never cut through an image
       self.stats["dropped_oversize"] += 1
       self._issue("doc/oversize", f"{info.get('id') or '<document>'} ({nt} text + {nv} vision "
-                                  f"slots, {ni} encoder images; a row has {self.l_txt} + "
-                                  f"{self.l_vis}, {self.vit_cap} images)")
+                                  f"slots, {ni} encoder / {nm} vision images; a row has "
+                                  f"{self.l_txt} + {self.l_vis}, {self.vit_cap} / "
+                                  f"{self.vis_cap} images)")
       return self._dropped("oversize", nt, nv)
     self._drops, self._largest = {"oversize": 0, "empty": 0}, (0, 0)
     self.stats["docs_packed"] += 1
     self._count("source_packed", source)
     for r, row in enumerate(self.rows):
       if (row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis
-          and row.n_vit + ni <= self.vit_cap):
+          and row.n_vit + ni <= self.vit_cap and row.n_vim + nm <= self.vis_cap):
         self.place(doc, seq, r)
         return None
     out = self.pop_oldest() if len(self.rows) >= self.open_rows else None
@@ -139,6 +145,7 @@ class TwoStreamPacker:
     row.seqs.append(seq)
     row.n_txt, row.n_vis = row.n_txt + nt, row.n_vis + nv
     row.n_vit += vit_images(doc)
+    row.n_vim += vision_images(doc)
 
   def pop_oldest(self) -> dict[str, np.ndarray] | None:
     if not self.rows:
@@ -266,12 +273,13 @@ class PackIterDataset(grain.IterDataset):
   """Grain transform: encoded documents (`encode_document`) -> rows per batch.row_spec."""
 
   def __init__(self, parent: grain.IterDataset, *, l_txt: int, l_vis: int, patch_dim: int,
-               latent_dim: int, open_rows: int = 4, vit_images: int = 0,
+               latent_dim: int, open_rows: int = 4, vit_images: int = 0, vis_images: int = 0,
                vis_pixels: tuple[int, int, int] | None = None):
     super().__init__(parent)
     self._packer_kwargs = dict(l_txt=l_txt, l_vis=l_vis, patch_dim=patch_dim,
                                latent_dim=latent_dim, open_rows=open_rows,
-                               vit_images=vit_images, vis_pixels=vis_pixels)
+                               vit_images=vit_images, vis_images=vis_images,
+                               vis_pixels=vis_pixels)
     TwoStreamPacker(**self._packer_kwargs)  # validate early
 
   def __iter__(self) -> PackDatasetIterator:

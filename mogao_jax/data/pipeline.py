@@ -200,15 +200,16 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
                                             prefetch_buffer_size=64))
   latent_patch, latent_dim = latents.vision_slots(d)
   vit_cap = batch_lib.config_vit_capacity(config)
+  vis_cap = batch_lib.config_vis_capacity(config)
   grid = latents.encode_grid(d) if d.get("latents", "pixels") == "encode" else None
   ds = ds.map(functools.partial(_encode_cut, tokenizer=tokenizer, patch_size=d.patch_size,
-                                max_len=(d.l_txt, d.l_vis, vit_cap), latent_patch=latent_patch,
+                                max_len=(d.l_txt, d.l_vis, vit_cap, vis_cap), latent_patch=latent_patch,
                                 latent_dim=latent_dim, encode_grid=grid))
   ds = _maybe_workers(ds, d)
   ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis,
                                patch_dim=d.patch_size * d.patch_size * 3,
                                latent_dim=latent_dim, open_rows=d.get("pack_open_rows", 4),
-                               vit_images=vit_cap,
+                               vit_images=vit_cap, vis_images=vis_cap,
                                vis_pixels=grid and (latents.vision_images(d.l_vis, grid),
                                                     d.image_size, d.image_size))
   ds = ds.batch(local_batch, drop_remainder=limit_docs is None)

@@ -45,6 +45,9 @@ class ModelConfig:
   # Images with VIT copies per row the encoder batch holds (batch.vit_capacity; 0 = l_txt //
   # vit_grid**2). The packer enforces it; a row never holds more.
   vit_images: int = 0
+  # Images with vision (CVAE / NVAE) copies per row that the per-image timestep modulation is
+  # computed for (batch.vis_capacity; 0 = l_vis // vit_grid**2). The packer enforces it too.
+  vis_images: int = 0
   # Absolute position of vision-stream (CVAE / NVAE) slots added to their input: "sincos" (a
   # fixed 2-D table of the patch row and column, as BAGEL's latent_pos_embed) | "none" (IL-RoPE
   # only). No parameters either way. The default is "none" so that a config written before the

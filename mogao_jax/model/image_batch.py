@@ -15,11 +15,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mogao_jax.data.batch import Kind
 
-def image_keys(kind_BL, image_BL, pos_BL3, kinds, n_images: int, grid):
-  """int32 [B, L]: each slot's place (n_images * gh * gw = none). `grid`: an int (square)
-  or (gh, gw), the most patch rows and columns an image has."""
-  gh, gw = (grid, grid) if isinstance(grid, int) else grid
+
+def image_rank(kind_BL, image_BL, pos_BL3, kinds):
+  """(rank, is_img) [B, L]: each slot's image rank among the row's images of `kinds` (ranks
+  of other slots are meaningless: mask them with is_img)."""
   is_img = jnp.isin(kind_BL, jnp.asarray(kinds, kind_BL.dtype))
   h, w = pos_BL3[..., 1], pos_BL3[..., 2]
   rep = is_img & (h == 0) & (w == 0)
@@ -29,9 +30,34 @@ def image_keys(kind_BL, image_BL, pos_BL3, kinds, n_images: int, grid):
   unique_rank = jnp.cumsum(new, axis=1) - 1  # at each id's first occurrence in the sort
   first = jax.vmap(jnp.searchsorted)(ids, image_BL)
   rank = jnp.take_along_axis(unique_rank, jnp.minimum(first, ids.shape[1] - 1), axis=1)
+  return rank, is_img
+
+
+def image_keys(kind_BL, image_BL, pos_BL3, kinds, n_images: int, grid):
+  """int32 [B, L]: each slot's place (n_images * gh * gw = none). `grid`: an int (square)
+  or (gh, gw), the most patch rows and columns an image has."""
+  gh, gw = (grid, grid) if isinstance(grid, int) else grid
+  rank, is_img = image_rank(kind_BL, image_BL, pos_BL3, kinds)
+  h, w = pos_BL3[..., 1], pos_BL3[..., 2]
   n = gh * gw
   ok = is_img & (rank < n_images) & (h < gh) & (w < gw)
   return jnp.where(ok, rank * n + h * gw + w, n_images * n).astype(jnp.int32)
+
+
+def copy_index(kind_BL, image_BL, pos_BL3, n_images: int):
+  """int32 [B, L] of a vision stream: each slot's image copy, 0..n-1 the CVAE copies and
+  n..2n-1 the NVAE copies of the row's first n images with vision copies (by image id),
+  2n every other slot (padding, images past n: the packer keeps rows within n)."""
+  rank, is_img = image_rank(kind_BL, image_BL, pos_BL3, (Kind.CVAE, Kind.NVAE))
+  copy = jnp.where(kind_BL == Kind.NVAE, n_images + rank, rank)
+  return jnp.where(is_img & (rank < n_images), copy, 2 * n_images).astype(jnp.int32)
+
+
+def per_copy(x_BL, copy_BL, n_copies: int):
+  """[B, L] slot values -> [B, n_copies] (each copy's value; every slot of a copy holds the
+  same one, e.g. its diffusion time)."""
+  rows = jnp.arange(x_BL.shape[0])[:, None]
+  return jnp.zeros((x_BL.shape[0], n_copies), x_BL.dtype).at[rows, copy_BL].max(x_BL)
 
 
 def to_images(key_BL, arrays, n_images: int, n_patches: int):

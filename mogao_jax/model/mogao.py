@@ -75,6 +75,29 @@ class Mogao(nn.Module):
     emb = layers.timestep_embedding(vis_t_BV, T_EMBED_DIM)
     return self.t_fc2(nn.silu(self.t_fc1(emb.astype(self.cfg.compute_dtype))))
 
+  def conditioning(self, b, vis_t_BV, n_images: int | None):
+    """The timestep conditioning of the vision slots, computed once per image copy and
+    gathered to its slots: (cond, copy_BV) with cond [B, 2 n + 1, D] (the CVAE then NVAE
+    copies of the row's first n images with vision copies, then one for every other slot) and
+    copy_BV each slot's row of it (image_batch.copy_index). The timestep embedding, the
+    adaLN-single projection and the final modulation are per-image values: computing them per
+    slot cost ~18% of the vision pathway's FLOPs at `tiny` (RESULTS.md section 1).
+    vis_t_BV must be one value per image copy (flow.apply_noise and the sampler give one t
+    per image; 1 on clean copies). n_images None: per slot (E = V, copy_BV = the slot)."""
+    if n_images is None:
+      b_, v_ = vis_t_BV.shape
+      return (nn.silu(self.time_condition(vis_t_BV)),
+              jnp.broadcast_to(jnp.arange(v_, dtype=jnp.int32), (b_, v_)))
+    copy_BV = image_batch.copy_index(b["vis_kind"], b["vis_image"], b["vis_pos"], n_images)
+    t_BE = image_batch.per_copy(vis_t_BV.astype(jnp.float32), copy_BV, 2 * n_images + 1)
+    return nn.silu(self.time_condition(t_BE)), copy_BV
+
+  @staticmethod
+  def _to_slots(x_BE, copy_BV):
+    """[B, E, ...] per-copy values -> [B, V, ...] per slot."""
+    idx = copy_BV.reshape(copy_BV.shape + (1,) * (x_BE.ndim - 2))
+    return jnp.take_along_axis(x_BE, idx, axis=1)
+
   def _embed(self, b, vis_t_BV, vit_images: int = 0):
     x_txt = nn.with_logical_constraint(self.embed_text_stream(b, vit_images),
                                        ("batch", "length", "embed"))
@@ -84,19 +107,22 @@ class Mogao(nn.Module):
       table = layers.sincos_2d(pos[..., 1], pos[..., 2], self.cfg.width)
       x_vis = x_vis + table.astype(x_vis.dtype)
     x_vis = nn.with_logical_constraint(x_vis, ("batch", "length", "embed"))
-    return x_txt, x_vis, nn.silu(self.time_condition(vis_t_BV))
+    return x_txt, x_vis
 
   def __call__(self, b, vis_t_BV):
     c = self.cfg
-    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV)
+    x_txt, x_vis = self._embed(b, vis_t_BV)
+    n = batch_lib.vis_capacity(b["vis_kind"].shape[1], c.vit_grid, c.vis_images)
+    cond_BED, copy_BV = self.conditioning(b, vis_t_BV, n)
     meta = masks.joint_metadata(b)
     if c.attention in ("blockwise", "flash"):  # the mask is built per tile inside attention
       mask = (meta, meta)
     else:
       mask = masks.visibility(meta, meta, self._other, self._same)
     angles_BLP = rope.rope_angles(meta["pos"], c.head_dim, c.rope_theta)
-    x_txt, x_vis = self.stack(x_txt, x_vis, mask, angles_BLP, self.t_mod(cond_BVD))
-    return self._heads(x_txt, x_vis, cond_BVD, b["vis_latent"], vis_t_BV)
+    mod_BV6D = self._to_slots(self.t_mod(cond_BED), copy_BV)
+    x_txt, x_vis = self.stack(x_txt, x_vis, mask, angles_BLP, mod_BV6D)
+    return self._heads(x_txt, x_vis, cond_BED, copy_BV, b["vis_latent"], vis_t_BV)
 
   def decode(self, b, vis_t_BV, cache_kv, mask_BLK, vit_images: int = 0):
     """Sampling: the new slots `b` read [cached keys ; themselves] under mask_BLK [B, L, C + L]
@@ -109,18 +135,21 @@ class Mogao(nn.Module):
     `vit_images`: the most images with VIT copies among the new slots of a row (0 = config).
     """
     c = self.cfg
-    x_txt, x_vis, cond_BVD = self._embed(b, vis_t_BV, vit_images)
+    x_txt, x_vis = self._embed(b, vis_t_BV, vit_images)
+    # Per slot: the sampler's new slots are few and an exact per-image capacity for them
+    # would need one entry per slot anyway (any slot may start an image).
+    cond_BED, copy_BV = self.conditioning(b, vis_t_BV, None)
     pos = jnp.concatenate([b["txt_pos"], b["vis_pos"]], axis=1)
     angles_BLP = rope.rope_angles(pos, c.head_dim, c.rope_theta)
-    x_txt, x_vis, new_kv = self.stack(x_txt, x_vis, mask_BLK, angles_BLP, self.t_mod(cond_BVD),
-                                      cache_kv)
-    return (*self._heads(x_txt, x_vis, cond_BVD, b["vis_latent"], vis_t_BV), new_kv)
+    mod_BV6D = self._to_slots(self.t_mod(cond_BED), copy_BV)
+    x_txt, x_vis, new_kv = self.stack(x_txt, x_vis, mask_BLK, angles_BLP, mod_BV6D, cache_kv)
+    return (*self._heads(x_txt, x_vis, cond_BED, copy_BV, b["vis_latent"], vis_t_BV), new_kv)
 
-  def _heads(self, x_txt, x_vis, cond_BVD, x_t_BVC, vis_t_BV):
+  def _heads(self, x_txt, x_vis, cond_BED, copy_BV, x_t_BVC, vis_t_BV):
     c = self.cfg
     h_txt = self.txt_norm(x_txt)
     logits_BTV = (self.embed_tokens.attend(h_txt) if c.tie_embeddings else self.lm_head(h_txt))
-    fin = self.t_final(cond_BVD)
+    fin = self._to_slots(self.t_final(cond_BED), copy_BV)
     h_vis = layers.modulate(self.vis_norm(x_vis), fin[:, :, 0], fin[:, :, 1])
     velocity_BVC = self.vis_head(h_vis)
     if c.predict == "x1":  # the head's output is the clean latent: turn it into the velocity
