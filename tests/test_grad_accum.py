@@ -29,6 +29,7 @@ def runs(tmp_path_factory):
   return [shardkit.run_steps(_config(k), batches, jax.devices()) for k in (1, 2)]
 
 
+@pytest.mark.slow  # keeps the default suite under 20 min cold on 2 cores; CI runs -m slow
 def test_two_microbatches_match_one_pass(runs):
   (h1, s1), (h2, s2) = runs
   # float32: the same sums in a different order (per microbatch, then across), so ~1e-6

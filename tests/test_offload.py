@@ -20,6 +20,7 @@ def _config(offload):
   return c
 
 
+@pytest.mark.slow  # keeps the default suite under 20 min cold on 2 cores; CI runs -m slow
 def test_offloaded_step_matches_and_stays_on_host(tmp_path):
   batches = shardkit.global_batches(_config(False), 2, str(tmp_path))
   ref, ref_state = shardkit.run_steps(_config(False), batches)

@@ -92,6 +92,7 @@ def _reference_and_run_dir(tmp_path):
   return want, cfg_file, run
 
 
+@pytest.mark.slow  # keeps the default suite under 20 min cold on 2 cores; CI runs -m slow
 def test_kill_and_resume_is_bit_exact(tmp_path):
   want, cfg_file, run = _reference_and_run_dir(tmp_path)
 

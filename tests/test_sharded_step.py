@@ -24,7 +24,9 @@ def base(tmp_path_factory):
   return c, batches, shardkit.run_steps(_with_mesh(c, 1, 1, 1), batches, jax.devices()[:1])
 
 
-@pytest.fixture(scope="module", params=[(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)],
+@pytest.fixture(scope="module", params=[
+    (8, 1, 1), (2, 2, 2),  # data only; data x fsdp x tensor. The rest in CI's slow step:
+    pytest.param((2, 4, 1), marks=pytest.mark.slow), pytest.param((1, 4, 2), marks=pytest.mark.slow)],
                 ids=lambda s: "x".join(map(str, s)))
 def results(base, request):
   c, batches, single = base
