@@ -83,20 +83,22 @@ class Mogao(nn.Module):
     adaLN-single projection and the final modulation are per-image values: computing them per
     slot cost ~18% of the vision pathway's FLOPs at `tiny` (RESULTS.md section 1).
     vis_t_BV must be one value per image copy (flow.apply_noise and the sampler give one t
-    per image; 1 on clean copies). n_images None: per slot (E = V, copy_BV = the slot)."""
+    per image; 1 on clean copies). n_images None: per slot (cond [B, V, D], copy_BV None)."""
     if n_images is None:
-      b_, v_ = vis_t_BV.shape
-      return (nn.silu(self.time_condition(vis_t_BV)),
-              jnp.broadcast_to(jnp.arange(v_, dtype=jnp.int32), (b_, v_)))
+      return nn.silu(self.time_condition(vis_t_BV)), None
     copy_BV = image_batch.copy_index(b["vis_kind"], b["vis_image"], b["vis_pos"], n_images)
     t_BE = image_batch.per_copy(vis_t_BV.astype(jnp.float32), copy_BV, 2 * n_images + 1)
     return nn.silu(self.time_condition(t_BE)), copy_BV
 
   @staticmethod
   def _to_slots(x_BE, copy_BV):
-    """[B, E, ...] per-copy values -> [B, V, ...] per slot."""
-    idx = copy_BV.reshape(copy_BV.shape + (1,) * (x_BE.ndim - 2))
-    return jnp.take_along_axis(x_BE, idx, axis=1)
+    """[B, E, ...] per-copy values -> [B, V, ...] per slot (copy_BV None: already per slot).
+    A one-hot matmul, not a gather: E is small (2 x images + 1), and its backward is a dot, not
+    a scatter-add over [B, V, 6, D] (on CPU the two measured the same: RESULTS.md section 11)."""
+    if copy_BV is None:
+      return x_BE
+    one_hot = (copy_BV[..., None] == jnp.arange(x_BE.shape[1])).astype(x_BE.dtype)
+    return jnp.einsum("bve,be...->bv...", one_hot, x_BE)
 
   def _embed(self, b, vis_t_BV, vit_images: int = 0):
     x_txt = nn.with_logical_constraint(self.embed_text_stream(b, vit_images),
