@@ -158,3 +158,15 @@ def test_peer_samples_hold_the_rows_content(config):
   # [sos] + 3 text + (image 4 + [som] [meta] '2,2' [eom] = 10) + filler + [eos], minus the
   # last token (next-token targets) = 40.
   assert 1 + 3 + 4 + peer.meta_tokens(2, 2) + len(sample[2]) + 1 - 1 == 40
+
+
+def test_attention_benchmark_rows():
+  """benchmarks.attention: one row per implementation; the kernels visit fewer tiles than
+  dense computes and hold fewer temporaries than its L x L mask and scores (no timing)."""
+  from benchmarks import attention as bench_attention  # pylint: disable=g-import-not-at-top
+  rows = bench_attention.main(["--slots", "1024", "--heads", "2", "--kv_heads", "1",
+                               "--head_dim", "16", "--dtype", "float32", "--repeats", "1"])
+  by = {r["impl"]: r for r in rows}
+  assert set(by) == {"dense", "blockwise", "flash"}
+  assert 0 < by["flash"]["tiles_visited"] < 1 and by["dense"]["tiles_visited"] == 1
+  assert by["flash"]["temp_MiB"] < by["dense"]["temp_MiB"] / 2
