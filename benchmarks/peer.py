@@ -1,7 +1,8 @@
 """Peer: lucidrains' transfusion-pytorch next to our train step, same sizes, same data, same CPU
 threads: step times and their ratio.
 
-  python -m benchmarks.peer [--config experiments/tiny_cpu.py:size=tiny] [--repeats 5]
+  python -m benchmarks.peer [--config experiments/tiny_cpu.py:size=tiny] [--repeats 10]
+  python -m benchmarks.peer --own --repeats 10   # the peer at its own scale (OWN below)
 
 Needs the `bench` extra (`pip install -c constraints.txt -e '.[bench]'`: transfusion-pytorch
 and the CPU torch pinned in constraints.txt); without it this prints a skip message and exits 0.
@@ -137,12 +138,13 @@ def make_peer(mcfg: ModelConfig):
                        / mcfg.width))  # its GEGLU inner width = dim * factor * 2 / 3
 
 
-def time_peer(config, batch: dict, repeats: int, threads: int) -> dict:
+def time_peer(config, batch: dict, repeats: int, threads: int, seq_len: int = 0) -> dict:
+  """seq_len: Transfusion's tokens per sample (0 = our joint row length)."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(config.seed)
   mcfg = ModelConfig.from_config(config.model)
-  seq_len = batch["txt_kind"].shape[1] + batch["vis_kind"].shape[1]
+  seq_len = seq_len or batch["txt_kind"].shape[1] + batch["vis_kind"].shape[1]
   samples, n_img, n_txt = transfusion_samples(batch, seq_len, mcfg.vocab_size, config.seed)
   model = make_peer(mcfg).train()
   o = config.optim
@@ -186,10 +188,10 @@ COLUMNS = ["model", "params_M", "rows", "seq/row", "images", "step_ms", "step_ms
            "step_ms_max", "threads", "ratio (peer / ours)"]
 
 
-def run(config, batch: dict, repeats: int) -> list[dict]:
+def run(config, batch: dict, repeats: int, seq_len: int = 0) -> list[dict]:
   threads = xla_threads()
   ours = time_ours(config, batch, repeats)
-  peer = time_peer(config, batch, repeats, threads)
+  peer = time_peer(config, batch, repeats, threads, seq_len)
   seq = batch["txt_kind"].shape[1] + batch["vis_kind"].shape[1]
   n_img = sum(len(np.unique(np.concatenate([batch["txt_image"][r], batch["vis_image"][r]])))
               - 1 for r in range(batch["txt_kind"].shape[0]))
@@ -206,19 +208,102 @@ def run(config, batch: dict, repeats: int) -> list[dict]:
   return rows
 
 
+# Transfusion at its own scale (issue 21): dim 256, depth 4, 8 samples of 341 tokens, each with
+# two 8 x 8 x 16 latent images. Its sample: 200 text tokens in three runs around the two images
+# (64 tokens + [som] [meta] '8,8' [eom] each) and [sos] / [eos]: 1 + 200 + 2 x 70 = 341.
+OWN = dict(width=256, depth=4, heads=4, head_dim=64, rows=8, text=(67, 67, 66), grid=8,
+           channels=16, seq=341)
+
+
+def own_config(base: str = "experiments/tiny_cpu.py:size=tiny"):
+  """Our model at the peer's width and depth (full multi-head like it), latents of 16 channels
+  per slot, the text / vision stream lengths that one such document takes in our encoding."""
+  c = bench_step.load_config(base)
+  g = OWN["grid"]
+  n_txt = sum(OWN["text"]) + 2 * g * g  # TXT + the VIT copies of both images
+  c.data.update(dict(l_txt=n_txt, l_vis=3 * g * g, batch_size=OWN["rows"], image_size=4 * g))
+  c.model.update(dict(width=OWN["width"], depth=OWN["depth"], num_heads=OWN["heads"],
+                      num_kv_heads=OWN["heads"], head_dim=OWN["head_dim"],
+                      mlp_dim=4 * OWN["width"], latent_dim=OWN["channels"], vit_grid=g))
+  return c
+
+
+def own_batch(config, seed: int = 0) -> dict:
+  """Rows of one document each: text, image 1 (generated; then a clean context for image 2),
+  text, image 2 (generated), text. Our encoding of it: VIT copies of both images in the text
+  stream, CVAE + NVAE of image 1 and NVAE of image 2 in the vision stream (what our train step
+  computes for the peer's sample: the comparison is at equal documents, not equal tokens)."""
+  from mogao_jax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  d, m, g = config.data, config.model, OWN["grid"]
+  rows = []
+  for _ in range(d.batch_size):
+    row = batch_lib.empty_row(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim)
+    it = iv = t = 0
+
+    def put(stream, i, kind, image, pos):
+      row[f"{stream}_segment"][i], row[f"{stream}_kind"][i] = 1, kind
+      row[f"{stream}_image"][i], row[f"{stream}_pos"][i] = image, pos
+
+    for part, n_text in enumerate(OWN["text"]):
+      for _ in range(n_text):
+        put("txt", it, Kind.TXT, 0, (t, 0, 0))
+        row["txt_token"][it] = row["txt_target"][it] = rng.integers(3, m.vocab_size)
+        row["txt_loss_w"][it] = 1.0
+        it, t = it + 1, t + 1
+      if part == 2:
+        break
+      copies = (Kind.CVAE, Kind.NVAE) if part == 0 else (Kind.NVAE,)
+      for n in range(g * g):
+        pos = (t, n // g, n % g)
+        put("txt", it, Kind.VIT, part + 1, pos)
+        row["txt_patch"][it] = rng.uniform(-1, 1, m.patch_dim)
+        it += 1
+        for kind in copies:
+          put("vis", iv, kind, part + 1, pos)
+          row["vis_latent"][iv] = rng.normal(size=m.latent_dim)
+          row["vis_loss_w"][iv] = float(kind == Kind.NVAE)
+          iv += 1
+      t += 1
+    rows.append(row)
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _cpu_times() -> list[int]:
+  """The host's CPU time counters (/proc/stat 'cpu' line: user ... steal at index 7): a busy
+  or stolen host makes step medians disagree between runs (RESULTS.md section 5)."""
+  with open("/proc/stat") as f:
+    return [int(x) for x in f.readline().split()[1:9]]
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="experiments/tiny_cpu.py:size=tiny")
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--workdir", default=str(bench_step.REPO / "runs" / "bench"),
                  help="tokenizer cache")
+  p.add_argument("--own", action="store_true",
+                 help="the peer at its own scale (OWN): dim 256, depth 4, 8 x 341 tokens, "
+                      "2 images of 8 x 8 x 16 latents; ours at that width and depth")
   args = p.parse_args(argv)
   if not transfusion_available():
     print(SKIP)
     return []
-  config = bench_step.load_config(args.config)
-  rows = run(config, bench_step.pipeline_batch(config, args.workdir), args.repeats)
-  print(common.header(f"Peer: transfusion-pytorch vs mogao_jax ({args.config})"))
+  cpu0 = _cpu_times()
+  if args.own:
+    config = own_config()
+    rows = run(config, own_batch(config), args.repeats, seq_len=OWN["seq"])
+    name = f"its own scale {OWN}"
+  else:
+    config = bench_step.load_config(args.config)
+    rows = run(config, bench_step.pipeline_batch(config, args.workdir), args.repeats)
+    name = args.config
+  with open("/proc/loadavg") as f:
+    load = " ".join(f.read().split()[:3])
+  cpu1 = _cpu_times()
+  steal = (cpu1[7] - cpu0[7]) / max(sum(cpu1) - sum(cpu0), 1)
+  print(common.header(f"Peer: transfusion-pytorch vs mogao_jax ({name}); load {load}, "
+                      f"steal {100 * steal:.1f}% of CPU time during the run"))
   print(common.table(rows, COLUMNS))
   return rows
 

@@ -10,6 +10,7 @@ import pytest
 from benchmarks import common, ectf_scaling, flops, memory, peer
 from benchmarks import pipeline as bench_pipeline
 from benchmarks import step as bench_step
+from mogao_jax.data.batch import Kind
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
@@ -170,3 +171,21 @@ def test_attention_benchmark_rows():
   assert set(by) == {"dense", "blockwise", "flash"}
   assert 0 < by["flash"]["tiles_visited"] < 1 and by["dense"]["tiles_visited"] == 1
   assert by["flash"]["temp_MiB"] < by["dense"]["temp_MiB"] / 2
+
+
+def test_peer_at_its_own_scale_builds_its_samples():
+  """--own: 8 rows of one document (3 text runs, 2 images); the peer's samples are exactly
+  341 tokens with two 8 x 8 x 16 latents, ours the encoding of the same document."""
+  pytest.importorskip("torch")
+  config = peer.own_config()
+  b = peer.own_batch(config)
+  assert b["txt_kind"].shape == (8, 328) and b["vis_kind"].shape == (8, 192)
+  assert ((b["txt_kind"] == Kind.TXT).sum(1) == 200).all()
+  assert ((b["vis_kind"] == Kind.NVAE).sum(1) == 128).all()
+  samples, n_img, n_txt = peer.transfusion_samples(b, peer.OWN["seq"], config.model.vocab_size)
+  assert n_img == 16 and n_txt == 1600
+  for s in samples:
+    imgs = [x for x in s if x.ndim == 3]
+    assert [tuple(x.shape) for x in imgs] == [(8, 8, 16)] * 2
+    text = sum(len(x) for x in s if x.ndim == 1)
+    assert 1 + text + sum(64 + peer.meta_tokens(8, 8) for _ in imgs) == 341

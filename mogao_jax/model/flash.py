@@ -58,13 +58,12 @@ def _allowed(q_kind, k_kind, table):
 
 def visible(qm, km, other, same):
   """bool [bq, bk] from stacked metadata qm [4, bq], km [4, bk]: masks.visibility's rule."""
-  qs, qk, qi, qt = (qm[i][:, None] for i in range(4))
-  ks, kk, ki, kt = (km[i][None, :] for i in range(4))
+  qs, qi, qt = qm[0][:, None], qm[2][:, None], qm[3][:, None]  # rows: segment, kind, image, T
+  ks, ki, kt = km[0][None, :], km[2][None, :], km[3][None, :]
   same_doc = (qs == ks) & (qs > 0)
   same_image = (qi == ki) & (qi > 0)
   rule_same = _allowed(qm[1], km[1], same)
   rule_other = _allowed(qm[1], km[1], other)
-  del qk, kk
   return same_doc & jnp.where(same_image, rule_same, (kt <= qt) & rule_other)
 
 
