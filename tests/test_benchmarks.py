@@ -10,6 +10,7 @@ import pytest
 from benchmarks import common, ectf_scaling, flops, memory, peer
 from benchmarks import pipeline as bench_pipeline
 from benchmarks import step as bench_step
+from mogao_jax.data import batch as batch_lib
 from mogao_jax.data.batch import Kind
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import optimizer as optim_lib
@@ -117,7 +118,14 @@ def test_ectf_table(config):
   m = ModelConfig.from_config(config.model)
   prompt = 3 * ectf_scaling.PROMPT * (m.depth * flops.pathway_matmul_per_token(m)
                                       + 2 * m.width * m.vocab_size)
-  assert two["naive_mm_GFLOP"] - two["ectf_mm_GFLOP"] == pytest.approx(prompt / 1e9)
+  # ... plus the timestep conditioning, per image copy of each row (2 x capacity + 1 entries).
+  entries = lambda b: 2 * batch_lib.vis_capacity(b["vis_kind"].shape[1], m.vit_grid,  # noqa
+                                                 m.vis_images) + 1
+  dim = config.model.latent_dim
+  naive = [ectf_scaling.row_of(ectf_scaling.story(2, grid, dim, upto=i), config) for i in (1, 2)]
+  ectf = ectf_scaling.row_of(ectf_scaling.story(2, grid, dim), config)
+  cond = 3 * flops.conditioning_per_copy(m) * (sum(map(entries, naive)) - entries(ectf))
+  assert two["naive_mm_GFLOP"] - two["ectf_mm_GFLOP"] == pytest.approx((prompt + cond) / 1e9)
 
 
 @pytest.mark.slow  # ~44 s cold; # keep the default suite under 20 min cold on 2 cores; CI runs -m slow too
