@@ -111,8 +111,7 @@ def test_tile_maps_are_conservative(case, block):
   meta = _meta(case)
   l = -(-meta["segment"].shape[1] // block) * block
   pm = attention.pad_meta(meta, l)
-  vis = np.asarray(attention.block_map(pm, pm, OTHER, SAME, block, block))
-  full = np.asarray(attention.block_full(pm, pm, OTHER, SAME, block, block))
+  vis, full = map(np.asarray, attention.tile_maps(pm, pm, OTHER, SAME, block, block))
   as_meta = {"segment": pm["segment"], "kind": pm["kind"], "image": pm["image"],
              "pos": pm["t"][..., None]}
   tiles = _tiles(np.asarray(masks.visibility(as_meta, as_meta, OTHER, SAME)), block)

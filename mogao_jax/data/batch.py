@@ -67,12 +67,18 @@ def vis_spec(l_vis: int, latent_dim: int) -> dict[str, tuple[tuple[int, ...], np
   }
 
 
+def _images_per_row(slots: int, vit_grid: int, cap: int) -> int:
+  """A row's image capacity: `cap` if positive, else as many full-grid images (vit_grid**2
+  slots each) as `slots` hold, at least one."""
+  return cap if cap > 0 else max(1, slots // (vit_grid * vit_grid))
+
+
 def vit_capacity(l_txt: int, vit_grid: int, vit_images: int = 0) -> int:
   """Images with VIT copies one row holds (the understanding encoder's image batch per row,
   model/vit.py; the packer keeps every row within it). `vit_images` 0 = as many full-grid
   images (vit_grid**2 patches each) as the text stream holds, which never binds for full-grid
   images; a positive value caps it (less encoder compute and memory per row)."""
-  return vit_images if vit_images > 0 else max(1, l_txt // (vit_grid * vit_grid))
+  return _images_per_row(l_txt, vit_grid, vit_images)
 
 
 def config_vit_capacity(config) -> int:
@@ -89,7 +95,7 @@ def vis_capacity(l_vis: int, vit_grid: int, vis_images: int = 0) -> int:
   """Images with vision (CVAE / NVAE) copies one row holds: the per-image timestep modulation
   is computed for that many images' copies (model/mogao.py; the packer keeps every row within
   it). `vis_images` 0 = as many images of vit_grid**2 patches as the vision stream holds."""
-  return vis_images if vis_images > 0 else max(1, l_vis // (vit_grid * vit_grid))
+  return _images_per_row(l_vis, vit_grid, vis_images)
 
 
 def config_vis_capacity(config) -> int:

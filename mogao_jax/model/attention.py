@@ -24,8 +24,8 @@ padding slots and they carry no loss, so losses, real slots' outputs and all gra
 (tests/test_attention.py). GQA: query head n = kv head n // G, as in dot_product_attention.
 
 `model.attention = "flash"`: the same algorithm as one fused Pallas kernel (model/flash.py,
-which says why no library kernel fits our mask); its tile maps are block_map (per row, since
-the kernel's grid has a program per row) and block_full (tiles that skip the mask). On CPU it
+which says why no library kernel fits our mask); its tile maps are tile_maps' `may` (per row,
+since the kernel's grid has a program per row) and `full` (tiles that skip the mask). On CPU it
 runs in Pallas interpret mode. The ViT towers keep dense attention: they attend within one
 image's patches ([B x images, grid**2], model/image_batch.py), not over packed slots.
 The KV-cache sampling path (Mogao.decode) stays dense: its queries are the few new slots, its
@@ -94,48 +94,50 @@ def _summary(meta: dict, block: int) -> dict:
   }
 
 
-def block_map(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: int):
-  """bool [B, nq, nk]: may some query of block i read some key of block j (conservative: a
-  False is certain, a True may still hold no visible pair). Metadata already padded."""
+def _kind_pairs(qs: dict, ks: dict, table) -> jnp.ndarray:
+  """int [B, nq, nk]: present (query kind of block i, key kind of block j) pairs in `table`."""
+  rows = jnp.einsum("bik,kl->bil", qs["kinds"].astype(jnp.int32), jnp.asarray(table, jnp.int32))
+  return jnp.einsum("bil,bjl->bij", rows, ks["kinds"].astype(jnp.int32))
+
+
+def tile_maps(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: int):
+  """(may, full), bool [B, nq, nk] each, from one pass of block summaries (metadata padded).
+
+  may: can some query of block i read some key of block j (conservative: a False is certain,
+  a True may still hold no visible pair). full: is every query of block i certain to read
+  every key of block j (a True is certain): both blocks real slots of one document, and either
+  every key entity precedes every query entity (k.T < q.T: distinct images, the "other" rule)
+  with every kind pair present allowed by it, or both blocks are slots of one image with every
+  kind pair allowed by the "same" rule. The flash kernel skips the mask on full tiles."""
   qs, ks = _summary(q_meta, block_q), _summary(k_meta, block_k)
   q = {f: x[:, :, None] for f, x in qs.items() if f != "kinds"}
   k = {f: x[:, None, :] for f, x in ks.items() if f != "kinds"}
-  # visible => same segment > 0 ...
+  # may: visible => same segment > 0 ...
   seg_overlap = (k["seg_lo"] <= q["seg_hi"]) & (q["seg_lo"] <= k["seg_hi"])
   # ... and either (other rule) k.T <= q.T in that segment, so (seg, T)_k <= (seg, T)_q ...
   lex = (k["seg_lo"] < q["seg_hi"]) | ((k["seg_lo"] == q["seg_hi"]) & (k["t_lo"] <= q["t_hi"]))
   # ... or (same rule) one image id in both blocks.
   img_overlap = (k["img_lo"] <= q["img_hi"]) & (q["img_lo"] <= k["img_hi"])
-
-  def kinds_may(table):
-    readable = jnp.einsum("bik,kl->bil", qs["kinds"].astype(jnp.int32),
-                          jnp.asarray(table, jnp.int32))
-    return jnp.einsum("bil,bjl->bij", readable, ks["kinds"].astype(jnp.int32)) > 0
-
-  return seg_overlap & ((lex & kinds_may(other)) | (img_overlap & kinds_may(same)))
-
-
-def block_full(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: int):
-  """bool [B, nq, nk]: is every query of block i certain to read every key of block j
-  (conservative: a True is certain). Both blocks real slots of one document, and either every
-  key entity precedes every query entity (k.T < q.T: distinct images, the "other" rule) with
-  every kind pair present allowed by it, or both blocks are slots of one image with every kind
-  pair allowed by the "same" rule. The flash kernel skips the mask on such tiles."""
-  qs, ks = _summary(q_meta, block_q), _summary(k_meta, block_k)
-  q = {f: x[:, :, None] for f, x in qs.items() if f != "kinds"}
-  k = {f: x[:, None, :] for f, x in ks.items() if f != "kinds"}
+  may_kinds = lambda t: _kind_pairs(qs, ks, t) > 0  # noqa: E731  some present pair allowed
+  may = seg_overlap & ((lex & may_kinds(other)) | (img_overlap & may_kinds(same)))
+  # full: every present kind pair allowed (none forbidden), in one document ...
+  all_kinds = lambda t: _kind_pairs(qs, ks, ~np.asarray(t)) == 0  # noqa: E731
   one_doc = (q["all_real"] & k["all_real"] & (q["seg_lo"] == q["seg_hi"])
              & (k["seg_lo"] == k["seg_hi"]) & (q["seg_lo"] == k["seg_lo"]))
-
-  def kinds_all(table):  # no present (query kind, key kind) pair that the table forbids
-    forbidden = jnp.einsum("bik,kl->bil", qs["kinds"].astype(jnp.int32),
-                           jnp.asarray(~np.asarray(table), jnp.int32))
-    return jnp.einsum("bil,bjl->bij", forbidden, ks["kinds"].astype(jnp.int32)) == 0
-
-  before = (k["t_max"] < q["t_min"]) & kinds_all(other)
+  before = (k["t_max"] < q["t_min"]) & all_kinds(other)
   one_image = (q["all_img"] & k["all_img"] & (q["img_lo"] == q["img_hi"])
-               & (k["img_lo"] == k["img_hi"]) & (q["img_lo"] == k["img_lo"]) & kinds_all(same))
-  return one_doc & (before | one_image)
+               & (k["img_lo"] == k["img_hi"]) & (q["img_lo"] == k["img_lo"]) & all_kinds(same))
+  return may, one_doc & (before | one_image)
+
+
+def block_map(q_meta: dict, k_meta: dict, other, same, block_q: int, block_k: int):
+  """The `may` map of tile_maps, bool [B, nq, nk] (under jit the unused `full` is dropped)."""
+  return tile_maps(q_meta, k_meta, other, same, block_q, block_k)[0]
+
+
+def _pad_length(x, n: int):
+  """[B, L, ...] -> [B, n, ...], zeros after L (padding slots: segment 0 in the metadata)."""
+  return jnp.pad(x, ((0, 0), (0, n - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
 
 
 def flash_attention(q_BLHD, k_BLKD, v_BLKD, q_meta: dict, k_meta: dict, *, other, same,
@@ -152,9 +154,9 @@ def flash_attention(q_BLHD, k_BLKD, v_BLKD, q_meta: dict, k_meta: dict, *, other
   lk = k_BLKD.shape[1]
   lq_p, lk_p = -(-lq // block_q) * block_q, -(-lk // block_k) * block_k
   qm, km = pad_meta(q_meta, lq_p), pad_meta(k_meta, lk_p)
-  vis = block_map(qm, km, other, same, block_q, block_k)  # per row: the kernel's grid has rows
-  full = block_full(qm, km, other, same, block_q, block_k)
-  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1])) + ((0, 0),) * (x.ndim - 2))  # noqa
+  # Per row (not OR-ed over the batch): the kernel's grid has a program per row.
+  vis, full = tile_maps(qm, km, other, same, block_q, block_k)
+  pad = _pad_length
   stack = lambda m: jnp.stack([m[f] for f in _META], axis=1)  # noqa: E731  [B, 4, L]
   kernel = flash.make(np.asarray(other, bool).tobytes(), np.asarray(same, bool).tobytes(),
                       block_q, block_k, float(1.0 / np.sqrt(d)), backend == "cpu")
@@ -298,7 +300,7 @@ def blockwise_attention(q_BLHD, k_BLKD, v_BLKD, q_meta: dict, k_meta: dict, *, o
   lq_p, lk_p = -(-lq // block_q) * block_q, -(-lk // block_k) * block_k
   qm, km = pad_meta(q_meta, lq_p), pad_meta(k_meta, lk_p)
   bmap = block_map(qm, km, other, same, block_q, block_k).any(0)  # skip only if no row sees it
-  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1])) + ((0, 0),) * (x.ndim - 2))  # noqa
+  pad = _pad_length
   q = _blocks(pad(q_BLHD, lq_p).reshape(b, lq_p, kh, h // kh, d), block_q)
   k, v = _blocks(pad(k_BLKD, lk_p), block_k), _blocks(pad(v_BLKD, lk_p), block_k)
   qmb = {f: _blocks(qm[f], block_q) for f in _META}

@@ -16,8 +16,8 @@ So the kernel is FlashAttention-2 in the style of the Pallas GPU `mha` (a progra
 kernel), with two departures: (1) the mask of a (query block, key block) tile is computed from
 the two blocks' metadata (segment, kind, image id, T) by masks.visibility's rule, so no L x L
 array exists anywhere; (2) each query block loops only over the key blocks its row can see, a
-per-row list built from conservative block summaries (attention.block_map), and a tile the
-summaries prove fully visible skips the mask (block_full). The rule tables are static: the
+per-row list built from conservative block summaries (attention.tile_maps), and a tile the
+summaries prove fully visible skips the mask (its `full` map). The rule tables are static: the
 kernel is specialised to them.
 
 GQA: query head h reads kv head h // G. dk / dv are produced per query head and summed over
@@ -155,63 +155,58 @@ def _lists(vis_BIJ, full_BIJ):
   return order, full, vis_BIJ.sum(-1, keepdims=True).astype(jnp.int32)
 
 
+def _query_grid_specs(block_q: int, lk: int, d: int, g: int, nk: int):
+  """in_specs of a (row, query head, query block) grid, the forward's and dq's: the query
+  block, the row's whole k and v (kv head h // g), their metadata, and the block's key lists."""
+  sq = pl.squeezed
+  return [pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0)),
+          *[pl.BlockSpec((sq, lk, sq, d), lambda bi, hi, i: (bi, 0, hi // g, 0))] * 2,
+          pl.BlockSpec((sq, 4, block_q), lambda bi, hi, i: (bi, 0, i)),
+          pl.BlockSpec((sq, 4, lk), lambda bi, hi, i: (bi, 0, 0)),
+          *[pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0))] * 2,
+          pl.BlockSpec((sq, sq, 1), lambda bi, hi, i: (bi, i, 0))]
+
+
 @functools.lru_cache(maxsize=None)
 def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scale: float,
          interpret: bool):
   """The custom_vjp kernel for one static setting (tables as bytes so they key a cache).
 
   Call: kernel(q [B, Lq, H, D], k / v [B, Lk, K, D], qm [B, 4, Lq], km [B, 4, Lk],
-  vis [B, nq, nk] bool, full [B, nq, nk] bool); lengths multiples of the blocks."""
+  vis [B, nq, nk] bool, full [B, nq, nk] bool); lengths multiples of the blocks. The key lists
+  of each query block and the query lists of each key block are built once per call (outside
+  the custom_vjp, so the backward reuses them)."""
   other = np.frombuffer(other_bytes, bool).reshape(NUM_KINDS, NUM_KINDS)
   same = np.frombuffer(same_bytes, bool).reshape(NUM_KINDS, NUM_KINDS)
   rule = dict(scale=scale, other=other, same=same)
   sq = pl.squeezed
 
-  def forward(q, k, v, qm, km, vis, full):
+  def forward(q, k, v, qm, km, lists):
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
-    g, nq, nk = h // kh, lq // block_q, lk // block_k
-    idx, fl, cnt = _lists(vis, full)
+    g, nk = h // kh, lk // block_k
     row_q = pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
-    row_kv = pl.BlockSpec((sq, lk, sq, d), lambda bi, hi, i: (bi, 0, hi // g, 0))
-    out, lse = pl.pallas_call(
+    return pl.pallas_call(
         functools.partial(_fwd_kernel, block_k=block_k, **rule),
-        grid=(b, h, nq),
-        in_specs=[row_q, row_kv, row_kv,
-                  pl.BlockSpec((sq, 4, block_q), lambda bi, hi, i: (bi, 0, i)),
-                  pl.BlockSpec((sq, 4, lk), lambda bi, hi, i: (bi, 0, 0)),
-                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
-                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
-                  pl.BlockSpec((sq, sq, 1), lambda bi, hi, i: (bi, i, 0))],
+        grid=(b, h, lq // block_q), in_specs=_query_grid_specs(block_q, lk, d, g, nk),
         out_specs=[row_q, pl.BlockSpec((sq, sq, block_q), lambda bi, hi, i: (bi, hi, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, h, lq), jnp.float32)],
-        interpret=interpret, name="mogao_flash_fwd")(q, k, v, qm, km, idx, fl, cnt)
-    return out, lse
+        interpret=interpret, name="mogao_flash_fwd")(q, k, v, qm, km, *lists)
 
-  def backward(q, k, v, qm, km, vis, full, out, lse, do):
+  def backward(q, k, v, qm, km, lists, lists_t, out, lse, do):
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
     g, nq, nk = h // kh, lq // block_q, lk // block_k
     delta = jnp.einsum("blhd,blhd->bhl", do.astype(jnp.float32), out.astype(jnp.float32))
-    idx, fl, cnt = _lists(vis, full)
     row_q = pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
-    row_kv = pl.BlockSpec((sq, lk, sq, d), lambda bi, hi, i: (bi, 0, hi // g, 0))
     per_q = pl.BlockSpec((sq, sq, block_q), lambda bi, hi, i: (bi, hi, i))
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, block_k=block_k, **rule),
-        grid=(b, h, nq),
-        in_specs=[row_q, row_kv, row_kv,
-                  pl.BlockSpec((sq, 4, block_q), lambda bi, hi, i: (bi, 0, i)),
-                  pl.BlockSpec((sq, 4, lk), lambda bi, hi, i: (bi, 0, 0)),
-                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
-                  pl.BlockSpec((sq, sq, nk), lambda bi, hi, i: (bi, i, 0)),
-                  pl.BlockSpec((sq, sq, 1), lambda bi, hi, i: (bi, i, 0)),
-                  row_q, per_q, per_q],
+        grid=(b, h, nq), in_specs=_query_grid_specs(block_q, lk, d, g, nk) + [row_q, per_q, per_q],
         out_specs=row_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        interpret=interpret, name="mogao_flash_dq")(q, k, v, qm, km, idx, fl, cnt, do, lse, delta)
+        interpret=interpret, name="mogao_flash_dq")(q, k, v, qm, km, *lists, do, lse, delta)
     # dk / dv: a program per (row, query head, key block) over the query blocks that see it.
-    idx_t, fl_t, cnt_t = _lists(vis.transpose(0, 2, 1), full.transpose(0, 2, 1))
     all_q = pl.BlockSpec((sq, lq, sq, d), lambda bi, hi, j: (bi, 0, hi, 0))
     blk_kv = pl.BlockSpec((sq, block_k, sq, d), lambda bi, hi, j: (bi, j, hi // g, 0))
     blk_out = pl.BlockSpec((sq, block_k, sq, d), lambda bi, hi, j: (bi, j, hi, 0))
@@ -228,22 +223,26 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
                   all_q, all_per_q, all_per_q],
         out_specs=[blk_out, blk_out],
         out_shape=[jax.ShapeDtypeStruct((b, lk, h, d), jnp.float32)] * 2,
-        interpret=interpret, name="mogao_flash_dkv")(q, k, v, qm, km, idx_t, fl_t, cnt_t, do,
-                                                     lse, delta)
+        interpret=interpret, name="mogao_flash_dkv")(q, k, v, qm, km, *lists_t, do, lse, delta)
     group = lambda x: x.reshape(b, lk, kh, g, d).sum(3)  # noqa: E731  query heads -> kv head
     return dq, group(dk).astype(k.dtype), group(dv).astype(v.dtype)
 
   @jax.custom_vjp
-  def kernel(q, k, v, qm, km, vis, full):
-    return forward(q, k, v, qm, km, vis, full)[0]
+  def core(q, k, v, qm, km, lists, lists_t):
+    return forward(q, k, v, qm, km, lists)[0]
 
-  def fwd(q, k, v, qm, km, vis, full):
-    out, lse = forward(q, k, v, qm, km, vis, full)
-    return out, (q, k, v, qm, km, vis, full, out, lse)
+  def fwd(q, k, v, qm, km, lists, lists_t):
+    out, lse = forward(q, k, v, qm, km, lists)
+    return out, (q, k, v, qm, km, lists, lists_t, out, lse)
 
   def bwd(res, do):
     dq, dk, dv = backward(*res, do)
     return dq, dk, dv, None, None, None, None
 
-  kernel.defvjp(fwd, bwd)
+  core.defvjp(fwd, bwd)
+
+  def kernel(q, k, v, qm, km, vis, full):
+    return core(q, k, v, qm, km, _lists(vis, full),
+                _lists(vis.transpose(0, 2, 1), full.transpose(0, 2, 1)))
+
   return kernel
