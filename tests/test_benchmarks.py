@@ -4,6 +4,7 @@ is right on a row small enough to count by hand. No timing is asserted anywhere.
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -197,3 +198,32 @@ def test_peer_at_its_own_scale_builds_its_samples():
     assert [tuple(x.shape) for x in imgs] == [(8, 8, 16)] * 2
     text = sum(len(x) for x in s if x.ndim == 1)
     assert 1 + text + sum(64 + peer.meta_tokens(8, 8) for _ in imgs) == 341
+
+
+def test_profile_charges_ops_to_named_scopes():
+  from benchmarks import profile  # pylint: disable=g-import-not-at-top
+  assert profile.part_of("jit(train_step)/transpose(jvp(Mogao))/stack/while/body/closed_call/"
+                         "layers/vis.ffn/mlp/jit(silu)") == "layers: MLP (SwiGLU)"
+  assert profile.part_of("jit(train_step)/jvp(Mogao)/Mogao._embed/Mogao.embed_text_stream/"
+                         "Mogao.image_features/vit/mul").startswith("vit")
+  assert profile.part_of("").startswith("unnamed")
+  assert profile.part_of("jit(train_step)/mul").startswith("optimizer")
+
+  @jax.jit
+  def f(x, w):
+    with jax.named_scope("stack"), jax.named_scope("ffn"), jax.named_scope("mlp"):
+      return jnp.sum(jnp.tanh(x @ w) @ w.T)
+
+  # (The persistent compile cache keys programs without their metadata: a shape no other
+  # test compiles keeps an older f's scopes out of this one.)
+  x = jnp.ones((40, 40))
+  compiled = f.lower(x, x).compile()
+  names = profile.op_names(compiled.as_text())
+  per_op, _ = profile.trace_ops(lambda s, b: (s, f(b, b)), _State(), x, steps=2)
+  assert per_op and set(per_op) <= set(names)  # every traced op is an instruction of f
+  charged = {profile.part_of(names[h]) for h in per_op}
+  assert "layers: MLP (SwiGLU)" in charged
+
+
+class _State:
+  step = 0
