@@ -7,6 +7,12 @@ the status from the run card, and the world scores (``overall`` per kind) of its
 ``eval/step_<N>/eval.json``. Writes ``ROOT/compare.csv``, ``ROOT/compare_loss.png`` (loss curves,
 drawn with Pillow) and TensorBoard hparams under ``ROOT/tb_hparams`` (``tensorboard --logdir
 ROOT/tb_hparams``, HPARAMS tab).
+
+Learning curves: every ``eval/step_<N>/eval.json`` of a run (``evaluate --checkpoint_step N``
+on the checkpoints that ``train.keep_every`` kept) is a point of score per skill
+(`scorer.skills`) against training minutes: the sum of the logged step times up to step N plus
+the first compile (checkpoint saves and evals are not counted). ``ROOT/compare_skills.png``
+draws them, a panel per skill, and the printed table lists them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from mogao_jax import plot
 from mogao_jax import trees
+from mogao_jax.eval import scorer
 
 _MAX_DEPTH = 3
 _CURVES = ("loss", "text_loss", "flow_loss")
@@ -74,6 +81,37 @@ def latest_eval(workdir: str) -> dict[str, float]:
       return {f"eval_{k}": v["overall"] for k, v in sorted(result.get("summary", {}).items())
               if isinstance(v, dict) and "overall" in v}
   return {}
+
+
+def eval_steps(workdir: str) -> list[int]:
+  """Steps with an ``eval/step_<N>/eval.json``, ascending."""
+  base = os.path.join(workdir, "eval")
+  if not os.path.isdir(base):
+    return []
+  return sorted(int(d[5:]) for d in os.listdir(base) if d.startswith("step_") and d[5:].isdigit()
+                and os.path.exists(os.path.join(base, d, "eval.json")))
+
+
+def train_minutes(records: list[dict[str, Any]]) -> dict[int, float]:
+  """step -> minutes of training up to it: each logged window's step time x its steps, plus
+  the first window's compile."""
+  out, total, prev = {}, 0.0, 0
+  for r in records:
+    total += r.get("step_time_s", 0.0) * (r["step"] - prev) + r.get("compile_s", 0.0)
+    out[r["step"]], prev = total / 60, r["step"]
+  return out
+
+
+def skill_curve(workdir: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per evaluated step: {"step", "minutes", skill: score, ...}."""
+  minutes = train_minutes(records)
+  points = []
+  for step in eval_steps(workdir):
+    summary = _read_json(os.path.join(workdir, "eval", f"step_{step}", "eval.json"))["summary"]
+    logged = [s for s in minutes if s <= step]
+    points.append({"step": step, "minutes": minutes[max(logged)] if logged else 0.0,
+                   **scorer.skills(summary)})
+  return points
 
 
 def _differing(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -186,6 +224,18 @@ def compare(root: str, *, hparams: bool = True) -> dict[str, Any]:
                 for n, recs in records.items()} for k in _CURVES}
   plot.line_panels(out["png"], {k: v for k, v in curves.items() if any(v.values())},
                    title=f"runs under {root}")
+  skill_curves = {n: skill_curve(os.path.join(root, n), recs) for n, recs in records.items()}
+  out["skill_curves"] = {n: c for n, c in skill_curves.items() if c}
+  if out["skill_curves"]:
+    names = list(dict.fromkeys(k for c in out["skill_curves"].values() for p in c for k in p
+                               if k not in ("step", "minutes")))
+    out["skills_png"] = os.path.join(root, "compare_skills.png")
+    plot.line_panels(out["skills_png"], {
+        k: {n: [(p["minutes"], p[k]) for p in c if k in p] for n, c in out["skill_curves"].items()}
+        for k in names}, title=f"skills vs training minutes, runs under {root}",
+        x_label="minutes")
+    rows = [{"run": n, **p} for n, c in out["skill_curves"].items() for p in c]
+    out["skills_table"] = table(rows, ["run", "step", "minutes", *names])
   if hparams:
     out["hparams"] = os.path.join(root, "tb_hparams")
     write_hparams(out["hparams"], rows, keys)
@@ -202,6 +252,8 @@ def main(argv: list[str]) -> int:
     print(f"compare: {e}", file=sys.stderr)
     return 1
   print(out["table"])
+  if out.get("skills_table"):
+    print("\nskills vs training minutes\n" + out["skills_table"])
   print(f"\nwrote {out['csv']}, {out['png']}, TensorBoard hparams in {out['hparams']}")
   return 0
 

@@ -1,4 +1,5 @@
-"""``python -m mogao_jax.evaluate --workdir DIR [--n_per_category N] [--ground-truth]``
+"""``python -m mogao_jax.evaluate --workdir DIR [--n_per_category N] [--checkpoint_step S]
+[--ground-truth]``
 
 Generates for the world's fixed held-out prompt set (`mogao_jax.eval.eval_prompts`) with the
 newest checkpoint of DIR: images for t2i, edit and story (every story image generated in turn,
@@ -35,20 +36,22 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "output directory (default WORKDIR/eval/step_<N>, or "
                       "WORKDIR/eval/ground_truth)")
   flags.DEFINE_list("kinds", None, "eval kinds (default all: t2i, edit, story, vqa, caption)")
+  flags.DEFINE_integer("checkpoint_step", None, "the checkpoint to evaluate (default the newest;"
+                       " train.keep_every keeps earlier ones, for learning curves)")
 
 
 def evaluate(workdir: str, *, n_per_category: int = 4, ground_truth: bool = False,
              out: str | None = None, kinds=None, sampler_kwargs=None, max_tokens: int = 32,
-             use_ema: bool = True) -> dict[str, Any]:
+             use_ema: bool = True, step: int | None = None) -> dict[str, Any]:
   """Runs the eval; returns what it wrote to eval.json. sampler_kwargs: Sampler.from_config's
-  (sc, batch_size, capacity, seed)."""
+  (sc, batch_size, capacity, seed); step: the checkpoint (None = the newest)."""
   config = restore.load_config(workdir)
   items = eval_lib.eval_prompts(config, n_per_category, kinds=kinds or eval_lib.EVAL_KINDS)
   t0, meta = time.time(), {"mode": "ground_truth" if ground_truth else "model"}
   if ground_truth:
     outputs = [eval_lib.gold(it) for it in items]
   else:
-    config, params, step, tok = load.load(workdir, use_ema)
+    config, params, step, tok = load.load(workdir, use_ema, step)
     sampler = engine.Sampler.from_config(config, params, tok, max_tokens=max_tokens,
                                          **(sampler_kwargs or {}))
     outputs = run.generate(sampler, items, max_tokens)
@@ -114,7 +117,7 @@ def main(argv):
   max_tokens = kw.pop("max_tokens")
   result = evaluate(f.workdir, n_per_category=f.n_per_category, ground_truth=f["ground-truth"].value,
                     out=f.out, kinds=f.kinds, sampler_kwargs=kw,
-                    max_tokens=max_tokens, use_ema=f.use_ema)
+                    max_tokens=max_tokens, use_ema=f.use_ema, step=f.checkpoint_step)
   for kind, s in result["summary"].items():
     cats = ", ".join(f"{c} {v['acc']:.3f}" for c, v in s["categories"].items())
     logging.info("%s overall %.3f (%s)", kind, s["overall"], cats)

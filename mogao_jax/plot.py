@@ -25,7 +25,7 @@ def _label(v: float) -> str:
 
 
 def _panel(draw, font, box, name: str, series: dict[str, list[tuple[float, float]]],
-           colours: dict[str, tuple]) -> None:
+           colours: dict[str, tuple], x_label: str = "step") -> None:
   """One panel: axes with ticks, the title, a line per series."""
   x0, y0, x1, y1 = box
   left, top = x0 + _MARGIN["left"], y0 + _MARGIN["top"]
@@ -47,7 +47,7 @@ def _panel(draw, font, box, name: str, series: dict[str, list[tuple[float, float
   for x in sorted({round(x) for x in _ticks(xlo, xhi)}):  # steps: whole numbers
     draw.line((sx(x), bottom, sx(x), bottom + 4), fill="black")
     draw.text((sx(x) - 8, bottom + 6), f"{x:.0f}", fill="black", font=font)
-  draw.text(((left + right) // 2 - 12, y1 - 14), "step", fill="black", font=font)
+  draw.text(((left + right) // 2 - 12, y1 - 14), x_label, fill="black", font=font)
   for run, s in series.items():
     xy = [(sx(x), sy(y)) for x, y in s]
     if len(xy) == 1:
@@ -63,7 +63,7 @@ def _grow(img, height: int):
 
 
 def line_panels(path: str, panels: dict[str, dict[str, list[tuple[float, float]]]],
-                title: str = "") -> None:
+                title: str = "", x_label: str = "step") -> None:
   """``panels``: panel name -> run -> [(x, y)]; side by side, one colour per run, a legend."""
   runs = list(dict.fromkeys(r for p in panels.values() for r, s in p.items() if s))
   colours = {r: _COLOURS[i % len(_COLOURS)] for i, r in enumerate(runs)}
@@ -76,7 +76,7 @@ def line_panels(path: str, panels: dict[str, dict[str, list[tuple[float, float]]
     series = {r: s for r, s in series.items() if s}
     if series:
       _panel(draw, font, (i * _PANEL_W, 24, (i + 1) * _PANEL_W, 24 + _PANEL_H), name, series,
-             colours)
+             colours, x_label)
   cols = max(1, img.width // _LEGEND_W)
   legend_h = 18 * math.ceil(len(runs) / cols) + 10
   img = _grow(img, _PANEL_H + 24 + legend_h)

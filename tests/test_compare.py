@@ -48,6 +48,15 @@ def test_compare_three_runs(root):
   assert float(table[1]["eval_t2i"]) == 0.75
   img = Image.open(out["png"])
   assert img.size[0] >= 800 and len(img.getcolors(1 << 16)) > 4  # panels with coloured lines
+  # The two evals are a learning curve: score per skill against training minutes.
+  curve = out["skill_curves"]["seed=1"]
+  minutes = compare.train_minutes(compare.read_metrics(str(root / "seed=1" / "metrics.jsonl")))
+  assert [(p["step"], p["geneval"], p["vqa"]) for p in curve] == [
+      (1, 0.1, 0.5), (runskit.STEPS, 0.75, 0.5)]
+  assert curve[-1]["minutes"] == minutes[runskit.STEPS] > curve[0]["minutes"] >= 0
+  assert set(out["skill_curves"]) == {"seed=1"}
+  assert Image.open(out["skills_png"]).size[0] >= 800
+  assert out["skills_table"].splitlines()[0].split()[:4] == ["run", "step", "minutes", "geneval"]
   events = list((root / "tb_hparams").rglob("events.out.tfevents.*"))
   assert len(events) >= 3  # one hparams session per run
 

@@ -38,6 +38,7 @@ def workdir(tmp_path_factory):
   tx, _ = optim_lib.make_optimizer(c)
   state = step.init_state(c, model, tx, jax.random.key(0), batch_lib.example_batch(c, 1))
   with ckpt_lib.Checkpointer(path, c) as ckpt:
+    ckpt.save(1, state, {}, c)
     ckpt.save(3, state, {}, c)
   return path
 
@@ -53,6 +54,14 @@ def test_ground_truth_scores_one_everywhere(workdir, tmp_path):
   assert list(attrs) == ["count", "colour", "position", "shape", "size"]
   assert all(a["acc"] == 1.0 and a["n"] >= 1 for a in attrs.values()), attrs
   assert "attribute: colour" in open(tmp_path / "index.html").read()
+  assert {k: s["partial"] for k, s in res["summary"].items() if "partial" in s} == {
+      "caption": 1.0, "edit": 1.0, "story": 1.0}
+
+
+def test_evaluate_an_earlier_checkpoint(workdir, tmp_path):
+  res = evaluate.evaluate(workdir, n_per_category=1, kinds=["vqa"], max_tokens=2, step=1,
+                          out=str(tmp_path))
+  assert res["step"] == 1 and set(res["summary"]) == {"vqa"}
 
 
 def test_attributes_line():

@@ -8,6 +8,7 @@ import pytest
 from mogao_jax import eval as ev
 from mogao_jax.data.sources import world
 from mogao_jax.data.sources.world import scene as scene_lib
+from mogao_jax.eval import scorer
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,8 @@ def test_gold_outputs_score_one_everywhere(items):
     assert res["overall"] == 1.0, (kind, res)
     assert all(c["acc"] == 1.0 for c in res["categories"].values())
   assert summary["story"]["step_acc"] == 1.0
+  assert {k for k, res in summary.items() if "partial" in res} == {"edit", "story", "caption"}
+  assert all(summary[k]["partial"] == 1.0 for k in ("edit", "story", "caption"))
   again = ev.eval_prompts(0, 3)
   assert [it.document.parts[-1] for it in again if it.kind == "vqa"] == [
       it.document.parts[-1] for it in items if it.kind == "vqa"]
@@ -91,6 +94,47 @@ def test_edit_fails_when_not_applied_or_wrong(items):
     other = scene_lib.candidate_ops(target)[0]  # the edit plus one more change
     assert not ev.score_edit(it.meta["source"], it.meta,
                              world.render(world.apply_op(target, other), 32))
+
+
+def test_scene_partial_is_the_share_of_attributes_right():
+  a = world.Object(row=0, col=0, shape="circle", colour="red", size="small")
+  b = world.Object(row=1, col=1, shape="square", colour="blue", size="large")
+  target = world.Scene((a, b))
+  render = lambda *objs: world.render(world.Scene(objs), 32)  # noqa: E731
+  assert scorer.scene_partial(target, render(a, b)) == 1.0
+  assert scorer.scene_partial(target, render(a, dataclasses.replace(b, colour="green"))) == 0.8
+  assert scorer.scene_partial(target, render(a, dataclasses.replace(b, row=2))) == 0.8
+  assert scorer.scene_partial(target, render(a)) == 0.0  # count and every multiset wrong
+  assert all(scorer.scene_partial(target, j) == 0.0 for j in _junk(32))
+
+
+def test_partial_edit_and_story_between_exact_and_junk(items):
+  for it in (it for it in items if it.kind == "edit"):
+    target = world.Scene.from_json(it.meta["target"])
+    # One more change that keeps the object count (an added or removed object fails count
+    # and every multiset, so all five attributes): four of five right.
+    same_count = [world.apply_op(target, op) for op in scene_lib.candidate_ops(target)]
+    near = next(s for s in same_count if len(s.objects) == len(target.objects) and s != target)
+    assert scorer.edit_partial(it.meta["source"], it.meta, ev.gold(it)) == 1.0
+    assert scorer.edit_partial(it.meta["source"], it.meta, world.render(near, 32)) == 0.8
+    noise, blank = list(_junk(32))[:2]
+    assert scorer.edit_partial(it.meta["source"], it.meta, noise) == 0.0
+    assert scorer.edit_partial(it.meta["source"], it.meta, blank) == 0.0
+    assert all(scorer.edit_partial(it.meta["source"], it.meta, j) < 1.0 for j in _junk(32))
+  it = next(it for it in items if it.kind == "story")
+  imgs = ev.gold(it)
+  assert scorer.story_partial(it.meta["steps"], imgs) == 1.0
+  blank = [np.zeros_like(im) for im in imgs]
+  assert scorer.story_partial(it.meta["steps"], blank) == 0.0
+
+
+def test_text_overlap():
+  gold = "a small red circle at the top left."
+  assert scorer.text_overlap("A small red circle at the top left", gold) == 1.0
+  near = scorer.text_overlap("a small blue circle at the top left.", gold)
+  assert near == pytest.approx(2 * 7 / 16)  # 7 of 8 words in matching blocks
+  assert scorer.text_overlap("", gold) == 0.0
+  assert scorer.text_overlap("green green green", gold) == 0.0
 
 
 def test_story_scores_each_step(items):

@@ -50,22 +50,28 @@ def gold(item: EvalItem) -> Any:
 
 def score_item(item: EvalItem, output: Any) -> dict[str, Any]:
   """{"kind", "category", "ok"}: output as in `gold` (uint8 images / list of them / text);
-  t2i records add "attrs", the per-attribute scores (`scorer.t2i_attributes`)."""
+  t2i records add "attrs", the per-attribute scores (`scorer.t2i_attributes`); edit, story
+  and caption records "partial" (`scorer.scene_partial` / `text_overlap`)."""
   m = item.meta
   if item.kind == "t2i":
     return {"kind": item.kind, "category": item.category, "ok": scorer.score_t2i(m, output),
             "attrs": scorer.t2i_attributes(m, output)}
+  partial = {}
   if item.kind == "edit":
     ok = scorer.score_edit(m["source"], m["edit"], output)
+    partial = {"partial": scorer.edit_partial(m["source"], m["edit"], output)}
   elif item.kind == "story":
     ok = scorer.score_story(m["steps"], output)
+    partial = {"partial": scorer.story_partial(m["steps"], output)}
   elif item.kind == "vqa":
     ok = scorer.score_answer(output, m["answer"])
   elif item.kind == "caption":
-    ok = scorer.score_answer(output, world.describe(world.Scene.from_json(m["scene"])))
+    caption = world.describe(world.Scene.from_json(m["scene"]))
+    ok = scorer.score_answer(output, caption)
+    partial = {"partial": scorer.text_overlap(output, caption)}
   else:
     raise ValueError(f"unknown eval item kind {item.kind!r}; known: {EVAL_KINDS}")
-  return {"kind": item.kind, "category": item.category, "ok": ok}
+  return {"kind": item.kind, "category": item.category, "ok": ok} | partial
 
 
 def _layout(rng, kind: str, category: str, story_steps: Sequence[int]):

@@ -4,12 +4,16 @@ Every image score parses the image with `parse.parse_image`; an unparseable imag
 broken generation) satisfies nothing. A record is a dict {"kind", "category", "ok"} where "ok"
 is a bool, or a list of bools for a story (one per step); `summarize` aggregates records.
 Beside GenEval's all-or-nothing "ok", t2i records carry "attrs" (`t2i_attributes`): one bool
-per stated attribute, scored on `parse.parse_blobs`, so partial progress shows.
+per stated attribute, scored on `parse.parse_blobs`, so partial progress shows; edit, story
+and caption records carry "partial" in [0, 1] (`scene_partial`, `text_overlap`) for the same
+reason: their exact scores stay at 0 until a whole scene or sentence is right. The exact "ok"
+scores are unchanged by these.
 """
 
 from __future__ import annotations
 
 import collections
+import difflib
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -142,6 +146,32 @@ def score_story(step_metas: Sequence[Mapping[str, Any]],
           for m, im in zip(step_metas, images)]
 
 
+def scene_partial(target: Scene | Mapping, image: np.ndarray) -> float:
+  """Partial credit for a generated scene: the fraction of its five attributes (count, colour,
+  position, shape, size) that `image` gets right, each scored as `t2i_attributes` scores a
+  "full" prompt (every object stated), so 1 only for the exact scene and 0 for a blank."""
+  spec = {"category": "full", "scene": Scene.from_json(target).to_json()}
+  return float(np.mean(list(t2i_attributes(spec, image).values())))
+
+
+def edit_partial(source_scene, instruction_meta, image: np.ndarray) -> float:
+  """`scene_partial` of an edit's image against the edited scene."""
+  op = instruction_meta.get("edit", instruction_meta)
+  return scene_partial(world.apply_op(Scene.from_json(source_scene), op), image)
+
+
+def story_partial(step_metas, images) -> float:
+  """Mean `scene_partial` over a story's steps."""
+  return float(np.mean([scene_partial(m["scene"], im) for m, im in zip(step_metas, images)]))
+
+
+def text_overlap(pred_text: str, gold_text: str) -> float:
+  """Partial credit for a text: difflib's ratio of the normalised word sequences (2 x the
+  words of the longest matching blocks / the words of both; 1 = equal)."""
+  return difflib.SequenceMatcher(None, normalise_text(pred_text).split(),
+                                 normalise_text(gold_text).split()).ratio()
+
+
 def normalise_text(text: str) -> str:
   """Lower case, punctuation dropped, whitespace collapsed."""
   return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
@@ -162,7 +192,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
   t2i "overall" is GenEval's: the mean of its six category means (those present), so "full"
   is reported but not averaged in; t2i "attributes" = {attribute: {"acc", "n"}} over the
-  records' "attrs" (`t2i_attributes`; n = the records that state it). Stories report per-step
+  records' "attrs" (`t2i_attributes`; n = the records that state it); "partial" = the mean
+  of the records' "partial" where they have one (edit, story, caption). Stories report per-step
   accuracy and "overall" = all steps right. Other kinds: "overall" = mean over records."""
   out: dict[str, Any] = {}
   by_kind: dict[str, list] = {}
@@ -184,7 +215,27 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                            for a in ATTRIBUTES if any(a in x for x in attrs)}
     else:
       res["overall"] = _mean(v for vs in cats.values() for v in vs)
+    if any("partial" in r for r in recs):
+      res["partial"] = _mean(r["partial"] for r in recs if "partial" in r)
     if kind == "story":
       res["step_acc"] = _mean(float(s) for r in recs for s in r["ok"])
     out[kind] = res
+  return out
+
+
+def skills(summary: Mapping[str, Any]) -> dict[str, float]:
+  """One number per skill of a `summarize` result (those its kinds give): GenEval, the mean
+  of the t2i attributes, VQA, and for caption / edit / story the exact score and its
+  "partial" (the learning curves and the skills test read these)."""
+  out = {}
+  if "t2i" in summary:
+    out["geneval"] = summary["t2i"]["overall"]
+    attrs = summary["t2i"].get("attributes") or {}
+    if attrs:
+      out["t2i_attributes"] = float(np.mean([a["acc"] for a in attrs.values()]))
+  for kind in ("vqa", "caption", "edit", "story"):
+    if kind in summary:
+      out[kind] = summary[kind]["overall"]
+      if "partial" in summary[kind]:
+        out[f"{kind}_partial"] = summary[kind]["partial"]
   return out
