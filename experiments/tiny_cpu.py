@@ -20,7 +20,10 @@ from mogao_jax import config_args
 SIZES = {
     "micro": dict(width=32, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
                   vit_width=32, vit_depth=1, vit_heads=2),
-    "tiny": dict(width=128, depth=4, num_heads=4, num_kv_heads=2, head_dim=32, mlp_dim=384,
+    # Two heads of 64: on the CPU the step's largest cost is the elementwise work on the
+    # [B, H, L, L] attention scores, which scales with the heads (benchmarks/RESULTS.md
+    # section 12): 0.90-0.94 s/step against 1.13 for four heads of 32, same width and FLOPs.
+    "tiny": dict(width=128, depth=4, num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=384,
                  vit_width=64, vit_depth=2, vit_heads=2),
     "small": dict(width=256, depth=6, num_heads=8, num_kv_heads=4, head_dim=32, mlp_dim=768,
                   vit_width=128, vit_depth=2, vit_heads=4),
@@ -63,12 +66,13 @@ def _base() -> ml_collections.ConfigDict:
   c.data.patch_size = 4  # pixels per patch side, for the VIT and the pixel "latent" alike
   # Document kinds of the world (mogao_jax/data/sources/world/kinds.py). Understanding kinds
   # (caption, vqa) teach every attribute as words and fill the text stream; t2i, edit and
-  # story train generation and fill the vision stream. Measured at 3,000 steps (WORKSPACE.md,
-  # "The world's learning curve", fifth session): this mix kept t2i GenEval (0.36 vs 0.40,
-  # within the eval's noise) and lifted VQA from 0.57 to 0.73 against t2i 0.5 / caption 0.1 /
-  # vqa 0.15 / edit 0.15 / story 0.1.
+  # story train generation and fill the vision stream. Measured at 15 minutes (940 steps;
+  # benchmarks/LEARNING.md, "15 minutes"): edit and story at 15% each, against 5% in the mix
+  # before (t2i 0.45 / caption 0.2 / vqa 0.25 / edit 0.05 / story 0.05), lifted the partial
+  # scores of stories 0.14 -> 0.43 and edits 0.14 -> 0.23 and kept GenEval (0.083 vs 0.067)
+  # and VQA (0.558 vs 0.600) within the eval's noise.
   c.data.doc_weights = ml_collections.ConfigDict(
-      {"t2i": 0.45, "caption": 0.2, "vqa": 0.25, "edit": 0.05, "story": 0.05})
+      {"t2i": 0.35, "caption": 0.15, "vqa": 0.2, "edit": 0.15, "story": 0.15})
   # t2i prompt categories: GenEval's six, plus "full" (every attribute stated, so generation
   # also learns sizes and absolute positions).
   c.data.t2i_weights = ml_collections.ConfigDict(
@@ -105,9 +109,9 @@ def _base() -> ml_collections.ConfigDict:
   c.model.vocab_size = 256  # must be >= the tokenizer's vocabulary
   c.model.width = 128
   c.model.depth = 4
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 32
+  c.model.num_heads = 2
+  c.model.num_kv_heads = 1
+  c.model.head_dim = 64
   c.model.mlp_dim = 384
   c.model.qkv_bias = True  # Qwen2 has q/k/v bias
   c.model.qk_norm = True
@@ -186,11 +190,11 @@ def _base() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
 
   c.train = ml_collections.ConfigDict()
-  # The quickstart's budget: 58 minutes on 2 CPU cores (1.14 s/step). Shape, the slowest of
-  # the world's attributes, is learned between steps 1,500 and 3,000 (t2i shape 0.48, VQA shape
-  # 0.85 at 3,000; benchmarks/LEARNING.md, "The world's learning curve");
-  # --config.train.steps=500 is the 10-minute run (shape 0.00).
-  c.train.steps = 3000
+  # The quickstart's budget: 15 minutes on 2 CPU cores (0.97 s/step; 15 min 28 s measured with
+  # evals running beside it: benchmarks/LEARNING.md, "15 minutes"). Shape, the slowest of the
+  # world's attributes, is learned between steps 1,500 and 3,000, so this run learns count,
+  # colour, size and understanding first; the measured one-hour run is in the README.
+  c.train.steps = 940
   c.train.log_every = 10
   c.train.ckpt_every = 100
   c.train.keep_checkpoints = 2  # the last N checkpoints (0 = all) ...
