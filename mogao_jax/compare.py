@@ -234,8 +234,8 @@ def compare(root: str, *, hparams: bool = True) -> dict[str, Any]:
         k: {n: [(p["minutes"], p[k]) for p in c if k in p] for n, c in out["skill_curves"].items()}
         for k in names}, title=f"skills vs training minutes, runs under {root}",
         x_label="minutes")
-    rows = [{"run": n, **p} for n, c in out["skill_curves"].items() for p in c]
-    out["skills_table"] = table(rows, ["run", "step", "minutes", *names])
+    points = [{"run": n, **p} for n, c in out["skill_curves"].items() for p in c]
+    out["skills_table"] = table(points, ["run", "step", "minutes", *names])
   if hparams:
     out["hparams"] = os.path.join(root, "tb_hparams")
     write_hparams(out["hparams"], rows, keys)
