@@ -72,11 +72,8 @@ def _read_json(path: str) -> Any:
 
 def latest_eval(workdir: str) -> dict[str, float]:
   """kind -> overall score of the newest ``eval/step_<N>/eval.json`` (empty if none)."""
-  base = os.path.join(workdir, "eval")
-  steps = [int(d[5:]) for d in os.listdir(base) if d.startswith("step_") and d[5:].isdigit()
-           ] if os.path.isdir(base) else []
-  for step in sorted(steps, reverse=True):
-    result = _read_json(os.path.join(base, f"step_{step}", "eval.json"))
+  for step in reversed(eval_steps(workdir)):
+    result = _read_json(os.path.join(workdir, "eval", f"step_{step}", "eval.json"))
     if result:
       return {f"eval_{k}": v["overall"] for k, v in sorted(result.get("summary", {}).items())
               if isinstance(v, dict) and "overall" in v}
