@@ -190,8 +190,8 @@ def _base() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
 
   c.train = ml_collections.ConfigDict()
-  # The quickstart's budget: 15 minutes on 2 CPU cores (0.97 s/step; 15 min 28 s measured with
-  # evals running beside it: benchmarks/LEARNING.md, "15 minutes"). Shape, the slowest of the
+  # The quickstart's budget: 15 minutes on 2 CPU cores (0.97 s/step; ./launch/local.sh took
+  # 15 min 46 s with start-up: benchmarks/LEARNING.md, "15 minutes"). Shape, the slowest of the
   # world's attributes, is learned between steps 1,500 and 3,000, so this run learns count,
   # colour, size and understanding first; the measured one-hour run is in the README.
   c.train.steps = 940

@@ -133,8 +133,12 @@ def score_edit(source_scene: Scene | Mapping, instruction_meta: Mapping[str, Any
                image: np.ndarray) -> bool:
   """The instruction applied and everything else unchanged. `instruction_meta`: the scene op
   (`world.apply_op`) or an edit document's meta (which holds it under "edit")."""
-  op = instruction_meta.get("edit", instruction_meta)
-  return parse.parse_image(image) == world.apply_op(source_scene, op)
+  return parse.parse_image(image) == edited_scene(source_scene, instruction_meta)
+
+
+def edited_scene(source_scene: Scene | Mapping, instruction_meta: Mapping[str, Any]) -> Scene:
+  """The scene an edit should produce (`instruction_meta` as in `score_edit`)."""
+  return world.apply_op(source_scene, instruction_meta.get("edit", instruction_meta))
 
 
 def score_story(step_metas: Sequence[Mapping[str, Any]],
@@ -156,13 +160,13 @@ def scene_partial(target: Scene | Mapping, image: np.ndarray) -> float:
 
 def edit_partial(source_scene, instruction_meta, image: np.ndarray) -> float:
   """`scene_partial` of an edit's image against the edited scene."""
-  op = instruction_meta.get("edit", instruction_meta)
-  return scene_partial(world.apply_op(Scene.from_json(source_scene), op), image)
+  return scene_partial(edited_scene(source_scene, instruction_meta), image)
 
 
 def story_partial(step_metas, images) -> float:
-  """Mean `scene_partial` over a story's steps."""
-  return float(np.mean([scene_partial(m["scene"], im) for m, im in zip(step_metas, images)]))
+  """Mean `scene_partial` over a story's steps (one image per step, as `score_story`)."""
+  return float(np.mean([scene_partial(m["scene"], im)
+                        for m, im in zip(step_metas, images, strict=True)]))
 
 
 def text_overlap(pred_text: str, gold_text: str) -> float:
