@@ -233,6 +233,7 @@ SCHEMA: dict[str, Key] = {
     "train.debug_nan_steps": Key("ints", lo=1, optional=True),
     "train.grad_accum_steps": _pos(optional=True),
     "train.offload_opt_state": Key("bool", optional=True),
+    "train.allow_config_change": Key("bool", optional=True),  # resume with changed run keys
     # --- parallelism (parallel/mesh.py and rules.py check the structure, naming the key)
     "mesh.shape": Key("any"),
     "mesh.rules": Key("any"),

@@ -137,7 +137,7 @@ def test_no_readable_checkpoint_is_a_clear_error(config, tmp_path):
   for d in (tmp_path / "checkpoints").iterdir():
     shutil.rmtree(d / "config")
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
-    with pytest.raises(RuntimeError, match="no readable checkpoint in .*checkpoints.*step 2"):
+    with pytest.raises(RuntimeError, match="no intact checkpoint in .*checkpoints.*step 2"):
       ckpt.restore_latest(abstract, config)
 
 

@@ -7,16 +7,22 @@ One checkpoint step ``<workdir>/checkpoints/<step>/`` holds four items:
 * ``data``: the data iterators' states, one per process (each process reads its own shard);
 * ``config``: the resolved config; a restore into a different ``model`` section (or tokenizer
   settings) fails naming the differing keys rather than with a shape error deep inside orbax;
-* ``tokenizer``: the sentencepiece model bytes, so a checkpoint is self-contained.
+* ``tokenizer``: the sentencepiece model bytes, so a checkpoint is self-contained;
+
+plus ``integrity.json`` (train/integrity.py): size and sha256 of every file, written in orbax's
+background thread before the commit, verified on restore.
 
 Saves are asynchronous: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames it
-when complete (plus ``commit_success.txt``), so a save killed half-way is never listed as a step.
-A listed step that still fails to read (truncated by hand, disk trouble) is moved aside to
-``unreadable-<step>-<time>`` and the previous step is used (``restore_latest``).
+when complete, so a save killed half-way is never listed as a step. Restore never destroys: a
+listed step is moved aside to ``unreadable-<step>-<time>`` only when its manifest PROVES it
+damaged (a file missing, truncated or changed), and the next older step is used, with a log line.
+A step this run cannot take (another model, state structure, run config or process layout) or
+that fails to read although it verifies is a ``ResumeError`` naming what differs, every step left
+in place.
 
 Config keys read: ``train.keep_checkpoints`` (keep the last N; 0 or None = all),
 ``train.keep_every`` (also keep every K-th step for good; 0 = off), ``train.async_checkpointing``
-(default True).
+(default True), ``train.allow_config_change`` (resume with changed run keys; default False).
 """
 
 from __future__ import annotations
@@ -34,12 +40,18 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mogao_jax.train import compat
+from mogao_jax.train import integrity
 from mogao_jax.train.compat import config_diff, named_shapes, shape_diff  # noqa: F401
 
 ITEMS = ("state", "data", "config", "tokenizer")
 MUST_MATCH = compat.MUST_MATCH
 # Keys whose change alters the TrainState's structure, named when the structure differs.
 STRUCTURE_KEYS = ("optim", "train.ema_decay")
+
+
+class ResumeError(ValueError):
+  """A checkpoint this run cannot take as configured; nothing was moved. The entry point
+  prints the message alone."""
 
 
 def _jsonable(tree: Any) -> Any:
@@ -61,6 +73,11 @@ def _gather_json(value: Any) -> list[Any]:
   padded[:raw.size] = raw
   rows = multihost_utils.process_allgather(padded)  # [num_processes, n]
   return [json.loads(bytes(r).rstrip(b"\0").decode()) for r in np.asarray(rows)]
+
+
+def from_process0(value: Any) -> Any:
+  """Process 0's JSON value, on every process."""
+  return _gather_json(value)[0]
 
 
 def _nonneg_int(config, key: str) -> int:
@@ -105,12 +122,30 @@ class Checkpointer:
   def __init__(self, workdir: str, config):
     _no_replica_slicing_on_cpu()
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.is_async = bool(config.train.get("async_checkpointing", True))
+    # The manifest is hashed in orbax's background thread, after the items are finalized and
+    # before the commit rename: off the step's critical path.
+    async_options = ocp.AsyncOptions(post_finalization_callback=self._manifest_in_flight)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy(config), create=True,
         cleanup_tmp_directories=True,  # half-written saves of a killed run
-        enable_async_checkpointing=bool(config.train.get("async_checkpointing", True)))
+        enable_async_checkpointing=self.is_async,
+        async_options=async_options if self.is_async else None)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
+    self._checks: dict[int, str | None] = {}  # step -> integrity.check result
+    self.set_aside: list[str] = []  # the steps proven damaged this session, with why
+    self.config_changes: list[str] = []  # run keys changed on resume (allowed by the config)
+
+  def _manifest_in_flight(self) -> None:
+    """orbax's post-finalization callback: the manifest of the save about to be committed."""
+    if jax.process_index() != 0:
+      return
+    for name in os.listdir(self.directory):
+      path = os.path.join(self.directory, name)
+      if ".orbax-checkpoint-tmp" in name and not os.path.exists(
+          os.path.join(path, integrity.MANIFEST)):
+        integrity.write(path)  # an error here fails the save: better than an unverifiable one
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -132,7 +167,35 @@ class Checkpointer:
     saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
+      if not self.is_async and jax.process_index() == 0:  # the save has committed already
+        integrity.write(os.path.join(self.directory, str(step)))
     return saved
+
+  def verify(self, step: int) -> str | None:
+    """integrity.check of ``step`` (hashed once, on process 0, shared with the others)."""
+    if step not in self._checks:
+      mine = integrity.check(os.path.join(self.directory, str(step))) if (
+          jax.process_index() == 0) else None
+      self._checks[step] = from_process0(mine)
+    return self._checks[step]
+
+  def newest_usable(self) -> int | None:
+    """The newest step not proven damaged; a damaged one is moved aside (with a log line) and
+    the next older tried. None without steps; an error if every step was damaged."""
+    for step in sorted(self.all_steps(), reverse=True):
+      problem = self.verify(step)
+      if problem in (None, integrity.UNVERIFIED):
+        if problem:
+          logging.warning("checkpoint: step %d has no %s (saved by an older version); using"
+                          " it unverified", step, integrity.MANIFEST)
+        return step
+      self.set_aside.append(self._set_aside(step, problem))
+    if self.set_aside:
+      raise RuntimeError(
+          f"no intact checkpoint in {self.directory}: {'; '.join(self.set_aside)}. Each was"
+          " moved aside to unreadable-<step>-<time>; a rerun starts from scratch (move them"
+          " back by hand to inspect them).")
+    return None
 
   def saved_config(self, step: int) -> dict[str, Any]:
     args = ocp.args.Composite(config=ocp.args.JsonRestore())
@@ -151,7 +214,7 @@ class Checkpointer:
     where = f"checkpoint {self.directory} step {step}"
     diff = config_diff(saved, config_to_json(config))
     if diff:
-      raise ValueError(
+      raise ResumeError(
           f"{where} was written by a different model config; differing keys (checkpoint ->"
           f" current): {'; '.join(diff)}. Use a fresh --workdir or the checkpoint's config.")
     if abstract_state is None:
@@ -159,10 +222,36 @@ class Checkpointer:
     leaves = shape_diff(self.saved_shapes(step), named_shapes(abstract_state))
     if leaves:
       keys = config_diff(saved, config_to_json(config), STRUCTURE_KEYS)
-      raise ValueError(
+      raise ResumeError(
           f"{where} holds a differently shaped train state: {'; '.join(leaves[:12])}"
           f"{' ...' if len(leaves) > 12 else ''}. Config keys that differ (checkpoint ->"
           f" current): {'; '.join(keys) or 'none of ' + ', '.join(STRUCTURE_KEYS)}.")
+
+  def check_run_config(self, step: int, config) -> list[str]:
+    """Refuses (ResumeError) a resume that changes keys which change the run (compat.run_diff),
+    unless ``train.allow_config_change``; then logs each change. Returns the changes."""
+    diff = compat.run_diff(self.saved_config(step), config_to_json(config))
+    if diff and not config.train.get("allow_config_change", False):
+      raise ResumeError(
+          f"checkpoint {self.directory} step {step} was trained with another config; keys that"
+          f" change the run (checkpoint -> current): {'; '.join(diff)}. Resume with the"
+          " checkpoint's values, or pass --config.train.allow_config_change=True to go on with"
+          " the new ones (logged and recorded in run_card.json), or use a fresh --workdir.")
+    if diff != self.config_changes:
+      for change in diff:
+        logging.warning("checkpoint: resuming step %d with a changed config (allowed by"
+                        " train.allow_config_change): %s", step, change)
+    self.config_changes = diff
+    return diff
+
+  def preflight(self, config) -> int | None:
+    """The step a resume will use, its config checked (model keys, run keys) before the run
+    writes anything; damaged steps are moved aside on the way. None: a fresh start."""
+    step = self.newest_usable()
+    if step is not None:
+      self.check_compatible(step, config)
+      self.check_run_config(step, config)
+    return step
 
   def saved_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
     """Leaf name -> shape of the saved TrainState (from metadata; raises if there is none)."""
@@ -190,36 +279,37 @@ class Checkpointer:
     return out["state"], per_process[jax.process_index()]
 
   def restore_latest(self, abstract_state: Any, config) -> tuple[int, Any, Any] | None:
-    """(step, state, data state) of the newest READABLE step, or None if there is none.
+    """(step, state, data state) of the newest step not proven damaged, or None if none.
 
-    An incompatible config raises (an older step would not fit either); an unreadable step is
-    moved aside with a warning and the next older one is tried.
+    Only proof of damage (integrity.check) moves a step aside; any other failure, an
+    incompatible config included, is a ResumeError with every step left in place.
     """
-    errors = []
-    for step in sorted(self.all_steps(), reverse=True):
-      try:
-        self.saved_config(step)  # unreadable -> except below; incompatible -> raise
-        self.saved_shapes(step)
-      except Exception as e:  # pylint: disable=broad-except
-        errors.append(self._set_aside(step, e))
-        continue
-      self.check_compatible(step, config, abstract_state)
-      try:
-        return (step,) + self.restore(step, abstract_state)
-      except Exception as e:  # pylint: disable=broad-except
-        errors.append(self._set_aside(step, e))
-    if errors:
-      raise RuntimeError(
-          f"no readable checkpoint in {self.directory}: {'; '.join(errors)}. The unreadable"
-          " steps were moved aside; rerun to start from scratch, or restore them by hand.")
-    return None
+    step = self.newest_usable()
+    if step is None:
+      return None
+    self.check_compatible(step, config, abstract_state)
+    self.check_run_config(step, config)
+    try:
+      out = (step,) + self.restore(step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      how = ("passes its integrity check" if self.verify(step) is None
+             else "has no integrity manifest")
+      raise ResumeError(
+          f"checkpoint {self.directory} step {step} {how} but this run cannot restore it"
+          f" ({type(e).__name__}: {str(e)[:500]}). Nothing was moved. Rerun with the layout and"
+          f" config it was saved with (its config: {self.directory}/{step}/config), or use a"
+          " fresh --workdir.") from e
+    if self.set_aside:
+      logging.warning("checkpoint: fell back to step %d, the newest step that verifies (moved"
+                      " aside: %s)", step, "; ".join(self.set_aside))
+    return out
 
-  def _set_aside(self, step: int, error: Exception) -> str:
-    """Renames an unreadable step dir (so later saves of that step can proceed)."""
+  def _set_aside(self, step: int, error: str) -> str:
+    """Renames a step dir proven damaged (so later saves of that step can proceed)."""
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, f"unreadable-{step}-{int(time.time())}")
-    msg = f"step {step} ({type(error).__name__}: {str(error)[:300]})"
-    logging.warning("checkpoint: %s is unreadable: %s; moving it to %s and trying an older"
+    msg = f"step {step} ({error})"
+    logging.warning("checkpoint: %s is damaged: %s; moving it to %s and trying an older"
                     " step", src, msg, dst)
     if jax.process_index() == 0 and os.path.isdir(src):
       os.rename(src, dst)
@@ -231,9 +321,11 @@ class Checkpointer:
   def sync_tokenizer(self, path: str) -> None:
     """Writes the newest checkpoint's tokenizer to ``path`` if absent; refuses a different one."""
     for step in sorted(self.all_steps(), reverse=True):
+      if self.verify(step) not in (None, integrity.UNVERIFIED):
+        continue  # damaged: restore_latest moves it aside
       try:
         proto = self.tokenizer_proto(step)
-      except Exception:  # pylint: disable=broad-except  (unreadable: restore_latest handles it)
+      except Exception:  # pylint: disable=broad-except  (restore_latest reports it)
         continue
       if proto is None:
         return

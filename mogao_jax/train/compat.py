@@ -11,6 +11,18 @@ from mogao_jax import trees
 # Config keys (sections or dotted keys) that must match for a checkpoint to load.
 MUST_MATCH = ("model", "data.vocab_size", "data.patch_size")
 
+# Keys a resume may change freely: they do not change what is trained (cadence of logs, saves,
+# samples and evals; the mesh and process layout, which the restore re-shards; host-side
+# performance knobs; init.*, read only by a fresh init). Every other differing key changes the
+# run (steps, batch, optimizer and schedule, data, seed, loss, flow...) and a resume refuses it
+# unless train.allow_config_change = True. Sections or dotted keys, as MUST_MATCH.
+FREE_ON_RESUME = (
+    "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.keep_every",
+    "train.async_checkpointing", "train.sample_every", "train.sample_n", "train.sample_steps",
+    "train.eval_every", "train.eval_n", "train.eval_kinds", "train.max_nan_skips",
+    "train.offload_opt_state", "train.allow_config_change", "mesh", "dist", "dry_run",
+    "dry_run_topology", "data.num_workers", "data.read_threads", "init")
+
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any],
                 sections: tuple[str, ...] = MUST_MATCH) -> list[str]:
@@ -22,6 +34,16 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any],
   missing = object()
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def run_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """'key: saved -> current' for every differing key that changes the run (all keys but
+  FREE_ON_RESUME and MUST_MATCH, which is checked first and cannot be allowed)."""
+  def under(k, sections):
+    return any(k == s or k.startswith(s + ".") for s in sections)
+  keys = set(trees.flatten(saved)) | set(trees.flatten(current))
+  tops = sorted({k for k in keys if not under(k, FREE_ON_RESUME + MUST_MATCH)})
+  return config_diff(saved, current, tuple(tops))
 
 
 def leaf_name(path) -> str:

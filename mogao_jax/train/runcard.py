@@ -192,9 +192,12 @@ def build_run_card(config, workdir: str, mesh=None, diff_file: str = DIFF_FILE
   }
 
 
-def write_run_card(config, workdir: str, mesh=None) -> dict[str, Any] | None:
+def write_run_card(config, workdir: str, mesh=None, config_changes: list[str] = ()
+                   ) -> dict[str, Any] | None:
   """Writes ``workdir/run_card.json`` (process 0); on a resume keeps the first start time and
-  appends this session. Returns the card (None on other processes)."""
+  appends this session. ``config_changes``: the run keys this resume changed against its
+  checkpoint ('key: old -> new', allowed by train.allow_config_change), recorded in the session.
+  Returns the card (None on other processes)."""
   if not _primary():
     return None
   os.makedirs(workdir, exist_ok=True)
@@ -206,6 +209,8 @@ def write_run_card(config, workdir: str, mesh=None) -> dict[str, Any] | None:
     session["config_changed"] = _changed_keys(old.get("config", {}), card["config"])
     card["sessions"] = old.get("sessions", []) + [session]
     card["start_time"] = old.get("start_time", card["start_time"])
+  if config_changes:
+    card["sessions"][-1]["config_changes_allowed"] = list(config_changes)
   _write(workdir, card)
   return card
 
