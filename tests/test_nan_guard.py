@@ -1,5 +1,6 @@
 """NaN/Inf guard: poisoned batches skip the update, are logged with provenance, and
-train.max_nan_skips consecutive skips stop the run with a checkpoint of the last good weights."""
+train.max_nan_skips consecutive skips stop the run; skipped steps are never saved over the last
+good checkpoint, and a run that ends inside a streak of skips fails."""
 
 import json
 import logging
@@ -27,24 +28,34 @@ def test_poisoned_batches_are_skipped_then_stop(config, tmp_path, caplog):
   config.train.update(dict(steps=8, ckpt_every=2, keep_checkpoints=0, max_nan_skips=2,
                            debug_nan_steps=(3, 4, 5)))
   caplog.set_level(logging.WARNING)
-  with pytest.raises(nan_guard.NonFiniteError, match=r"train\.max_nan_skips = 2"):
+  with pytest.raises(nan_guard.NonFiniteError, match=r"train\.max_nan_skips = 2.*"
+                                                     r"rerun resumes from step 2 "):
     loop.train(config, str(tmp_path))
   assert "Batch provenance: data iterator state before it = {" in caplog.text
   assert "non-finite loss or gradient at step 3" in caplog.text
 
   recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]  # stopped early
-  assert [r["skipped"] for r in recs] == [0, 0, 1, 1, 1]
+  # Stopped early: the step-4 save point checks step 4 at once (2 in a row).
+  assert [r["step"] for r in recs] == [1, 2, 3, 4]
+  assert [r["skipped"] for r in recs] == [0, 0, 1, 1]
   assert all(np.isfinite(r["loss"]) for r in recs[:2]) and np.isnan(recs[2]["loss"])
 
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
-    assert ckpt.all_steps() == [2, 4, 5]  # 5: the final checkpoint written on stopping
-    good, last = _state(ckpt, 2), _state(ckpt, 5)
-  assert (int(last["step"]), int(last["nan_run"]), int(last["nan_total"])) == (5, 3, 3)
-  # Skipped steps left params and optimizer state exactly as after step 2.
-  for key in ("params", "opt_state"):
-    jax.tree.map(np.testing.assert_array_equal, last[key], good[key])
+    assert ckpt.all_steps() == [2]  # step 4 (inside the streak) and no final save
+    good = _state(ckpt, 2)
+  assert (int(good["step"]), int(good["nan_run"]), int(good["nan_total"])) == (2, 0, 0)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good["params"]))
+
+
+def test_a_run_that_ends_inside_a_streak_fails_and_keeps_history(config, tmp_path):
+  """Two skips at the end, fewer than max_nan_skips: used to exit 0 with step 8 saved."""
+  config.train.update(dict(steps=8, ckpt_every=2, keep_checkpoints=2, max_nan_skips=20,
+                           debug_nan_steps=(7, 8)))
+  with pytest.raises(nan_guard.NonFiniteError,
+                     match=r"ended inside a streak .*steps 7-8.*last good checkpoint \(step 6\)"):
+    loop.train(config, str(tmp_path))
+  with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
+    assert ckpt.all_steps() == [4, 6]  # keep_checkpoints = 2 did not drop good history
 
 
 def test_a_run_whose_every_step_was_skipped_fails(config, tmp_path):

@@ -19,7 +19,10 @@ from mogao_jax import quiet_logs
 # The entry point of `python -m mogao_jax.train`: it sits on the top floor (WORKSPACE.md),
 # plugging the eval layer's hooks into the loop; .importlinter exempts this one import.
 from mogao_jax.eval import hooks as eval_hooks
+from mogao_jax.train import checkpoint
 from mogao_jax.train import loop
+from mogao_jax.train import operator_errors
+from mogao_jax.train import workdir_lock
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 _DEFAULT_CONFIG = _REPO / "experiments" / "tiny_cpu.py"
@@ -71,8 +74,14 @@ def main(argv):
   logging.info("workdir: %s", os.path.abspath(workdir))
   try:
     loop.train(_CONFIG.value, workdir, hooks=eval_hooks.from_config(_CONFIG.value))
-  except config_schema.ConfigError as e:  # the user's values, not a bug: no traceback
+  except (config_schema.ConfigError, checkpoint.ResumeError,
+          workdir_lock.WorkdirLockedError) as e:  # the user's values, not a bug: no traceback
     sys.exit(f"error: {e}")
+  except Exception as e:  # pylint: disable=broad-except
+    why = operator_errors.message(e, workdir)  # a full disk, no permission: one line
+    if why is None:
+      raise
+    sys.exit(f"error: {why}")
 
 
 if __name__ == "__main__":

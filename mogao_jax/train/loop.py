@@ -7,9 +7,14 @@ batch is poisoned with NaN) (and via the helpers ``mesh.*``, ``dist.*``, ``optim
 ``init.*``). Outputs under ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per
 logged step), ``tb/`` (TensorBoard), ``checkpoints/``.
 
-Stops early, always with a checkpoint of the last step: on SIGTERM / a preemption sync point
-(returns normally, so the process exits 0), or after ``train.max_nan_skips`` consecutive
-non-finite steps, or when every step of the run was skipped (raises ``NonFiniteError``).
+Stops early on SIGTERM / a preemption sync point, with a checkpoint of the last step (returns
+normally, so the process exits 0). Raises ``NonFiniteError`` after ``train.max_nan_skips``
+consecutive non-finite steps, when every step of the run was skipped, or when the run ends or
+is stopped inside a streak of skips; steps inside a streak are never saved (nan_guard.py).
+
+Start-up, before anything is written: the workdir lock (train/workdir_lock.py; a second trainer
+on the workdir stops naming the holder), then the resume checks (Checkpointer.preflight: damaged
+steps set aside, another model or run config refused), then config.json and the run card.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from mogao_jax.train import preempt as preempt_lib
 from mogao_jax.train import runcard
 from mogao_jax.train import step as step_lib
 from mogao_jax.train import transfer
+from mogao_jax.train import workdir_lock
 from mogao_jax.model.mogao import Mogao
 from mogao_jax.data import batch as batch_lib
 
@@ -142,13 +148,23 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
     return [dry_run.run(config)]
   validate(config)
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir, jax.process_index() == 0, ckpt_lib.from_process0):
+    return _train_locked(config, workdir, hooks)
+
+
+def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
+  ckpt = ckpt_lib.Checkpointer(workdir, config)
+  try:  # a resume this config cannot take stops here, before config.json or the card change
+    ckpt.preflight(config)
+  except BaseException:
+    _close_quietly(ckpt.close)
+    raise
   write_config(config, workdir)
   mesh = mesh_lib.make_mesh(config)
   rules = rules_lib.make_rules(config, mesh)
   _check_batch_split(config, mesh, rules)
   tx, schedule = optim_lib.make_optimizer(config)
 
-  ckpt = ckpt_lib.Checkpointer(workdir, config)
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
   ckpt.sync_tokenizer(os.path.join(workdir, tokenizer_lib.MODEL_FILE))
   tokenizer = pipeline.make_tokenizer(config, workdir)
@@ -159,7 +175,8 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
   bsh = rules_lib.batch_sharding(mesh, rules)
   log = metrics_lib.MetricsLog(config, workdir, schedule)
   preempt = preempt_lib.Preemption(ckpt.manager)
-  runcard.write_run_card(config, workdir, mesh=mesh)
+  runcard.write_run_card(config, workdir, mesh=mesh, config_changes=ckpt.config_changes)
+  failed = True
   try:
     with rules_lib.activate(mesh, rules):
       example = _to_global(_zero_batch(config), bsh)
@@ -175,13 +192,27 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
       saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)
       ctx = hooks_lib.Context(config, workdir, log.tb, tokenizer.model_proto)
       inputs = _input_step(config, mesh, bsh)
-      return _run(config, state, step_fn, data_iter, inputs, saver, log, preempt, hooks, ctx)
+      records = _run(config, state, step_fn, data_iter, inputs, saver, log, preempt, hooks,
+                     ctx)
+      failed = False
+      return records
   finally:
-    # Whatever happened, let pending async saves land so the last checkpoint is not lost.
-    preempt.close()
-    ckpt.close()
-    log.close()
-    runcard.finish_run_card(workdir)
+    # Whatever happened, let pending async saves land so the last checkpoint is not lost. With
+    # an error already on its way out, a second one here (the same full disk, say) is logged as
+    # one line instead of replacing it: the user sees one error, once.
+    for close in (preempt.close, ckpt.close, log.close,
+                  lambda: runcard.finish_run_card(workdir)):
+      if failed:
+        _close_quietly(close)
+      else:
+        close()
+
+
+def _close_quietly(close) -> None:
+  try:
+    close()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.error("while stopping after an error: %s: %s", type(e).__name__, str(e)[:300])
 
 
 class _Saver:
@@ -244,7 +275,12 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
       records.append(log.flush(done, pipeline.data_metrics(data_iter)))
     if done % t.ckpt_every == 0 or done == t.steps:
       t0 = time.perf_counter()
-      save(done, state)
+      stop = stop or guard.drain()  # this step's skip flag: the save would block on it anyway
+      if guard.in_streak:
+        logging.warning("NaN guard: step %d is inside a streak of skipped steps (since step"
+                        " %d); not saving it", done, guard.streak_start)
+      else:
+        save(done, state)
       log.pause(time.perf_counter() - t0)  # the save's blocking part is not step time
     for hook in hooks_lib.due(hooks, done):  # their time is not step time
       t0 = time.perf_counter()
@@ -258,15 +294,16 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
   if bar is not None:
     bar.close()
   stop = stop or guard.drain() or guard.all_skipped(done - start)
-  if (stop or preempted) and done > start:
-    if log.pending:
-      records.append(log.flush(done, pipeline.data_metrics(data_iter)))
-    save(done, state)  # params are the last finite ones: skipped steps leave them untouched
-    save.ckpt.wait_until_finished()
+  if (stop or preempted) and done > start and log.pending:
+    records.append(log.flush(done, pipeline.data_metrics(data_iter)))
+  if preempted and not guard.in_streak and done > start:
+    save(done, state)
+  save.ckpt.wait_until_finished()
+  stop = stop or guard.streak_end(save.ckpt.latest_step())
   if stop:
     raise nan_guard.NonFiniteError(
-        f"{stop}. Stopped with a checkpoint of step {done} in {save.ckpt.directory} (its"
-        " parameters are the last finite ones).")
+        f"{stop}. Nothing past the last good checkpoint was saved: rerun resumes from step"
+        f" {save.ckpt.latest_step()} in {save.ckpt.directory}.")
   if preempted:
     logging.warning("preemption: saved a checkpoint of step %d in %s; exiting cleanly. Rerun"
                     " the same command to resume.", done, save.ckpt.directory)

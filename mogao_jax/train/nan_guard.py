@@ -6,6 +6,11 @@ never waits on the step it just queued. Each skip is logged with the batch's pro
 iterator state before that batch, which reproduces it); ``train.max_nan_skips`` consecutive skips
 stop the run (0 = never), and so does a run in which every step was skipped, however short:
 it applied no update, so it must not end as a success.
+
+Skipped steps never replace good history: the loop does not save a step inside a streak of
+skips (``in_streak``: the newest checked step was skipped), not even the final one, and a run
+that ends or is stopped (max_nan_skips, SIGTERM) inside a streak raises ``NonFiniteError``
+(exit non-zero); the last checkpoint before the streak stays the newest.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ class NanGuard:
     self.pending = None  # (step, skipped, nan_run, provenance) of the newest step
     self.skipped_steps: list[int] = []
     self.first_provenance = None  # of the first skipped batch of this run
+    self.streak_start = None  # the first step of the current run of skips (None: not in one)
+
+  @property
+  def in_streak(self) -> bool:
+    return self.streak_start is not None
 
   def push(self, step: int, metrics: dict[str, Any], provenance: str) -> str | None:
     """Queues ``step``'s guard outputs (popped from ``metrics``); checks the previous step's.
@@ -52,7 +62,16 @@ class NanGuard:
             " no update was applied. The first skipped batch's provenance (data iterator state"
             f" before it): {self.first_provenance}")
 
+  def streak_end(self, last_saved: int | None) -> str | None:
+    """A stop message if the run ended inside a streak of skips (call after ``drain``)."""
+    if not self.in_streak:
+      return None
+    return (f"NaN guard: the run ended inside a streak of non-finite, skipped steps (steps"
+            f" {self.streak_start}-{self.skipped_steps[-1]}); they were not saved over the last"
+            f" good checkpoint (step {last_saved})")
+
   def drain(self) -> str | None:
+    """Checks the newest step now (blocks on it)."""
     previous, self.pending = self.pending, None
     return self._check(previous)
 
@@ -62,7 +81,9 @@ class NanGuard:
     step, skipped, run, provenance = item
     skipped, run = (int(x) for x in jax.device_get((skipped, run)))
     if not skipped:
+      self.streak_start = None
       return None
+    self.streak_start = self.streak_start or step
     self.skipped_steps.append(step)
     self.first_provenance = self.first_provenance or provenance
     logging.warning(
