@@ -200,6 +200,9 @@ def _base() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2  # the last N checkpoints (0 = all) ...
   c.train.keep_every = 0  # ... plus every K-th step for good (0 = none)
   c.train.async_checkpointing = True
+  # A resume whose run keys (steps, batch, optim, data, seed...) differ from the checkpoint's
+  # is refused unless this is True (each change then logged and kept in run_card.json).
+  c.train.allow_config_change = False
   c.train.ema_decay = 0.0  # EMA of the weights, saved beside them (0 = off)
   c.train.sample_every = 0  # t2i sample grids to TensorBoard every N steps (0 = off)
   c.train.max_nan_skips = 5  # consecutive non-finite steps (each skipped) that stop the run

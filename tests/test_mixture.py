@@ -172,7 +172,7 @@ def test_training_on_a_mixture_logs_data_counters(config, files, tmp_path):
   for name in ("web", "ar", "world"):
     assert recs[-1][f"data/source_docs/{name}"] > 0
   assert recs[-1]["data/docs_read"] >= recs[0]["data/docs_read"] > 0
-  config.train.steps = 3
+  config.train.update(steps=3, allow_config_change=True)  # a longer run: an allowed change
   loop.train(config, str(tmp_path))
   recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert recs[-1]["step"] == 3 and recs[-1]["data/docs_read"] > recs[1]["data/docs_read"]

@@ -40,7 +40,7 @@ def test_offloaded_run_saves_and_resumes(tmp_path):
   c = _config(True)
   c.train.update(steps=2, ckpt_every=1)
   loop.train(c, str(tmp_path))
-  c.train.steps = 3
+  c.train.update(steps=3, allow_config_change=True)  # a longer run: an allowed change
   loop.train(c, str(tmp_path))  # restores step 2 (device shardings), moves Adam state to host
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [1, 2, 3]
