@@ -63,6 +63,23 @@ def test_launcher_trains_two_processes(tmp_path):
   assert "process 1 of 2" in out.stderr and "process 0 of 2" in out.stderr
   assert sorted(os.listdir(wd / "checkpoints")) == ["2", "4"]
 
+  # The audit's case (issue 31): the 2-process checkpoints resumed by ONE process. Whether this
+  # layout can take them or not, no good checkpoint is ever moved aside: it resumes, or it stops
+  # with one line naming what differs (exit 1, no traceback), every step in place.
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  one = subprocess.run([sys.executable, "-m", "mogao_jax.train", "--config", str(cfg),
+                        "--workdir", str(wd), "--config.train.steps=6",
+                        "--config.train.allow_config_change=True"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+  steps = sorted(os.listdir(wd / "checkpoints"))
+  assert not [s for s in steps if s.startswith("unreadable")], one.stderr[-4000:]
+  if one.returncode:
+    assert one.returncode == 1 and "Traceback" not in one.stderr, one.stderr[-4000:]
+    assert "error: checkpoint" in one.stderr and "Nothing was moved" in one.stderr
+    assert steps == ["2", "4"]
+  else:
+    assert steps == ["4", "6"] and "restored step 4" in one.stderr
+
 
 def test_two_processes_read_disjoint_shards_of_a_file_source(tmp_path):
   """2 jax.distributed processes over one JSONL source: each reads its own records (disjoint,

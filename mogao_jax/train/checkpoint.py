@@ -292,13 +292,16 @@ class Checkpointer:
     try:
       out = (step,) + self.restore(step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except
-      how = ("passes its integrity check" if self.verify(step) is None
-             else "has no integrity manifest")
+      verified = self.verify(step) is None
+      how = "passes its integrity check" if verified else "has no integrity manifest"
+      hint = "" if verified else (  # unverified: it may be damaged after all; the user decides
+          f"; if it is damaged, rename {self.directory}/{step} to unreadable-{step} to fall"
+          " back to the previous step")
       raise ResumeError(
           f"checkpoint {self.directory} step {step} {how} but this run cannot restore it"
           f" ({type(e).__name__}: {str(e)[:500]}). Nothing was moved. Rerun with the layout and"
           f" config it was saved with (its config: {self.directory}/{step}/config), or use a"
-          " fresh --workdir.") from e
+          f" fresh --workdir{hint}.") from e
     if self.set_aside:
       logging.warning("checkpoint: fell back to step %d, the newest step that verifies (moved"
                       " aside: %s)", step, "; ".join(self.set_aside))
