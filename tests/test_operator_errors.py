@@ -22,7 +22,8 @@ def _enospc(path):
   return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
-@pytest.mark.parametrize("where", ["save", "background"])
+@pytest.mark.parametrize("where", [
+    "save", pytest.param("background", marks=pytest.mark.slow)])  # ~35 s each under load
 def test_disk_full_during_a_run(config, tmp_path, monkeypatch, where):
   # steps / ckpt_every as test_nan_guard.py / test_resume.py: the same compiled step.
   config.train.update(dict(steps=8, ckpt_every=2, keep_checkpoints=0))
