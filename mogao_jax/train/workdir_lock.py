@@ -54,8 +54,9 @@ def _open_locked(path: str) -> int:
       os.close(fd)
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise WorkdirLockedError(
-            f"workdir {os.path.dirname(path)} is in use by another trainer: {_describe(_holder(path))}"
-            f" holds {path}. Wait for it or stop it, or use another --workdir.") from None
+            f"workdir {os.path.dirname(path)} is in use by another trainer:"
+            f" {_describe(_holder(path))} holds {path}. Wait for it or stop it, or use another"
+            " --workdir.") from None
       raise
     try:
       same = os.fstat(fd).st_ino == os.stat(path).st_ino
