@@ -214,11 +214,17 @@ class Sampler:
     v = self.forward(params, cache, bb, vis_t, keep)[1]
     return jnp.stack(jnp.split(v, reps, axis=1))
 
+  def image_noise(self, uid_B, count_B, n: int):
+    """The Gaussian noise [B, n, latent_dim] an image starts from: row uid's image number
+    ``count`` (0, 1, ..) under the sampler's seed (another sampler, e.g. the PyTorch export's,
+    takes it to reproduce this one's images)."""
+    keys_B = self._row_keys(_TAG_IMAGE, jnp.asarray(uid_B), jnp.asarray(count_B))
+    return jax.vmap(lambda k: jax.random.normal(k, (n, self.cfg.latent_dim)))(keys_B)
+
   def _gen_impl(self, params, cache, b, uid_B, count_B):
     """Integrates the NVAE slots of `b` from Gaussian noise to a clean latent [B, N, C]."""
-    n, sc = b["vis_kind"].shape[1], self.sc
-    keys_B = self._row_keys(_TAG_IMAGE, uid_B, count_B)
-    x0 = jax.vmap(lambda k: jax.random.normal(k, (n, self.cfg.latent_dim)))(keys_B)
+    sc = self.sc
+    x0 = self.image_noise(uid_B, count_B, b["vis_kind"].shape[1])
 
     def velocity(x, t):
       v = self.branch_velocities(params, cache, b, x, t)
