@@ -21,7 +21,7 @@ from mogao_jax.data import documents, pipeline
 from mogao_jax.sample import engine, load, sampling
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import optimizer as optim_lib
-from tests import convertkit
+from tests import convertkit, partskit
 from tests.configs import tiny_config
 
 TEXTS = ["a red circle left of 3 blue squares", "  Héllo Wörld 1234  ÉÀ çà ",
@@ -163,3 +163,48 @@ def test_hf_qwen2_greedy_text_matches_the_jax_sampler(run):
   new = [i for i in new if i not in (tok.eos_id, tok.img_open_id, tok.bos_id, 0,
                                      tok.img_close_id)]
   assert new and [tok.decode(new)] == jax_text
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+  """As `run`, with images through a tiny random diffusers VAE (latents 4 x 8 x 8 of a 16 px
+  image, patchified 2 x 2: 16 slots of 16), exported to torch."""
+  root = tmp_path_factory.mktemp("vae_run")
+  vae = partskit.write_vae(str(root / "vae"))
+  c = tiny_config()
+  c.data.update(dict(latents="precomputed", vae=vae, latent_patch=2, latent_channels=4))
+  c.model.update(dict(latent_dim=16))
+  wd = str(root / "run")
+  os.makedirs(wd)
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(ckpt_lib.config_to_json(c), f)
+  pipeline.make_tokenizer(c, wd)
+  _, state = convertkit.init_state(c, optim_lib.make_optimizer(c)[0], perturb=True)
+  with ckpt_lib.Checkpointer(wd, c) as ckpt:
+    ckpt.save(1, state, {}, c)
+  out = str(root / "torch")
+  export_lib.export(wd, "torch", out)
+  return wd, out
+
+
+@pytest.mark.slow
+def test_torch_generate_with_the_vae_matches_the_jax_sampler(vae_run):
+  wd, out = vae_run
+  assert sorted(os.listdir(os.path.join(out, "vae"))) == [
+      "config.json", "diffusion_pytorch_model.safetensors"]
+  config, params, _, tok = load.load(wd)
+  s = engine.Sampler.from_config(config, params, tok, max_tokens=3, batch_size=1, sc=SC)
+  jax_img = [p for r, p in s.run([[documents.Text(PROMPT), engine.Gen()]])[0] if r == "gen"]
+  noise = np.asarray(s.image_noise([0], [0], s.n_latent))[0]
+  gen = _torch_generate(out).Generator(out)
+  assert gen.g["codec"] == "vae" and gen.g["latent_grid"] == [4, 4]
+  mod = _torch_generate(out)
+  doc = mod.Document(*gen.model_dims())
+  doc.tokens([tok.bos_id, *tok.encode(PROMPT), tok.img_open_id])
+  ours = gen.image(doc, noise, steps=SC.steps, shift=SC.shift, g_img=SC.g_img, g_txt=SC.g_txt)
+  theirs = jax_img[0].pixels
+  assert ours.shape == theirs.shape == (16, 16, 3)
+  diff = np.abs(ours.astype(int) - theirs.astype(int))
+  print(f"torch vs JAX image through the VAE: max pixel difference {diff.max()}, "
+        f"{(diff > 0).mean():.4f} of pixels differ")
+  assert diff.max() <= MAX_PIXEL_DIFF and (diff > 0).mean() < 0.01
