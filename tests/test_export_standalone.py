@@ -208,3 +208,20 @@ def test_torch_generate_with_the_vae_matches_the_jax_sampler(vae_run):
   print(f"torch vs JAX image through the VAE: max pixel difference {diff.max()}, "
         f"{(diff > 0).mean():.4f} of pixels differ")
   assert diff.max() <= MAX_PIXEL_DIFF and (diff > 0).mean() < 0.01
+
+
+@pytest.mark.slow
+def test_torch_generate_runs_without_mogao_jax_or_jax(run):
+  """The torch export in a fresh, isolated interpreter (python -I: no PYTHONPATH, so no
+  mogao_jax), from its own directory: a prompt gives an image and ends; nothing of JAX loads."""
+  import subprocess
+  import sys
+  _, out = run
+  script = ("import sys; sys.path.insert(0, '.'); from torch_generate import Generator; "
+            "doc = Generator('.').generate('a red circle', image=True, max_tokens=3, steps=2); "
+            "print([k for k, _ in doc][0], doc[0][1].shape); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'mogao_jax')))")
+  r = subprocess.run([sys.executable, "-I", "-c", script], cwd=out["torch"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split("\n")[:2] == ["image (16, 16, 3)", "[]"], r.stdout

@@ -37,6 +37,15 @@ def define() -> None:
                       "mesh.rules, restored sharded as training lays them out), 'single' (one "
                       "device), or mesh.shape overrides as axis=size pairs, e.g. "
                       "'data=1,fsdp=-1' (the run's rules map the logical axes onto them)")
+  flags.register_validator("mesh", _valid_mesh)
+
+
+def _valid_mesh(value: str) -> bool:
+  try:
+    load.parse_mesh(value)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from e
+  return True
 
 
 def workdir_or_usage_error(argv) -> str:
