@@ -115,8 +115,13 @@ def load_on_mesh(workdir: str, use_ema: bool = True, step: int | None = None,
   directory, step = restore.locate(workdir, step=step)
   saved = restore.saved_state_tree(directory, step)
   which = "ema" if use_ema and saved.get("ema") is not None else "params"
-  like = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                      saved[which], shardings)
+  try:
+    like = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                        saved[which], shardings)
+  except ValueError as e:  # the saved tree is not the config's model (an edited config.json)
+    raise ValueError(f"--workdir {workdir} step {step}: the checkpoint's '{which}' tree differs"
+                     " from the model of its config, so it cannot be laid out on the mesh; "
+                     f"--mesh=single restores it as saved ({e})") from e
   params, step, which = restore.restore_params(workdir, step=step, which=which, like=like)
   _log(workdir, step, which, f"mesh {dict(placement.mesh.shape)}")
   return config, params, step, restore.load_tokenizer(workdir, step), placement
