@@ -42,22 +42,25 @@ def define_flags() -> None:
 
 def evaluate(workdir: str, *, n_per_category: int = 4, ground_truth: bool = False,
              out: str | None = None, kinds=None, sampler_kwargs=None, max_tokens: int = 32,
-             use_ema: bool = True, step: int | None = None) -> dict[str, Any]:
+             use_ema: bool = True, step: int | None = None,
+             mesh: str = load.RUN) -> dict[str, Any]:
   """Runs the eval; returns what it wrote to eval.json. sampler_kwargs: Sampler.from_config's
-  (sc, batch_size, capacity, seed); step: the checkpoint (None = the newest)."""
+  (sc, batch_size, capacity, seed); step: the checkpoint (None = the newest); mesh: where the
+  params go (sample/load.py parse_mesh: "run", "single" or axis=size overrides)."""
   config = restore.load_config(workdir)
   items = eval_lib.eval_prompts(config, n_per_category, kinds=kinds or eval_lib.EVAL_KINDS)
   t0, meta = time.time(), {"mode": "ground_truth" if ground_truth else "model"}
   if ground_truth:
     outputs = [eval_lib.gold(it) for it in items]
   else:
-    config, params, step, tok = load.load(workdir, use_ema, step)
+    config, params, step, tok, placement = load.load_on_mesh(workdir, use_ema, step, mesh)
     sampler = engine.Sampler.from_config(config, params, tok, max_tokens=max_tokens,
-                                         **(sampler_kwargs or {}))
+                                         placement=placement, **(sampler_kwargs or {}))
     outputs = run.generate(sampler, items, max_tokens)
     meta |= {"step": step, "sampler": dataclasses.asdict(sampler.sc),
              "capacity": sampler.capacity, "batch_size": sampler.batch_size,
-             "seed": sampler.seed, "max_tokens": max_tokens}
+             "seed": sampler.seed, "max_tokens": max_tokens,
+             "mesh": dict(placement.mesh.shape) if placement else "single"}
   records, summary = run.score(items, outputs)
   result = {**meta, "workdir": os.path.abspath(workdir), "n_per_category": n_per_category,
             "seconds": round(time.time() - t0, 2), "summary": summary, "items": records}
@@ -117,7 +120,8 @@ def main(argv):
   max_tokens = kw.pop("max_tokens")
   result = evaluate(f.workdir, n_per_category=f.n_per_category, ground_truth=f["ground-truth"].value,
                     out=f.out, kinds=f.kinds, sampler_kwargs=kw,
-                    max_tokens=max_tokens, use_ema=f.use_ema, step=f.checkpoint_step)
+                    max_tokens=max_tokens, use_ema=f.use_ema, step=f.checkpoint_step,
+                    mesh=f.mesh)
   for kind, s in result["summary"].items():
     cats = ", ".join(f"{c} {v['acc']:.3f}" for c, v in s["categories"].items())
     logging.info("%s overall %.3f (%s)", kind, s["overall"], cats)

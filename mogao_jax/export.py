@@ -2,8 +2,13 @@
 
 Formats:
   torch     model.safetensors + config.json + torch_model.py (torch only): the whole model,
-            same text logits and flow velocities for the same packed inputs
+            same text logits and flow velocities for the same packed inputs; torch_generate.py +
+            generation.json (+ vae/, a diffusers AutoencoderKL, for a VAE run): prompt -> text
+            and images in PyTorch alone
   hf-qwen2  the text pathway as a Hugging Face Qwen2 directory (Qwen2ForCausalLM.from_pretrained)
+
+Both write the run's tokenizer as AutoTokenizer files (tokenizer.json + tokenizer_config.json;
+convert/tokenizer_export.py): it encodes text exactly as the run did.
 
 The checkpoint (sharded or not) is restored onto the CPU; `--step` picks one (default: latest),
 `--params=ema` exports the EMA weights.
@@ -16,10 +21,11 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 
 from mogao_jax import quiet_logs
-from mogao_jax.convert import qwen2, torch_export
+from mogao_jax.convert import qwen2, tokenizer_export, torch_export
 from mogao_jax.model.config import ModelConfig
 from mogao_jax.train import restore
 
@@ -47,15 +53,32 @@ def export(workdir: str, fmt: str, out: str, step: int | None = None,
            which: str = "params") -> list[str]:
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}: must be one of {FORMATS}")
+  config, step = restore.restore_config(workdir, step)
   config, params = restore_params(workdir, step, which)
+  tok = _tokenizer_or_none(workdir, step)
   cfg = ModelConfig.from_config(config.model)
   if fmt == "torch":
     report = torch_export.export(params, cfg, out)
   else:
     report = qwen2.export_text(params, cfg, out)
+  if tok is None:
+    report.append("no tokenizer in the run (neither WORKDIR/tokenizer.model nor one in the "
+                  "checkpoint): no tokenizer files, no torch_generate.py")
+    logging.warning("%s", report[-1])
+  else:
+    if fmt == "torch":
+      report += torch_export.write_generation(config, tok, out)
+    report += tokenizer_export.write(out, tok.model_proto, getattr(tok, "config_bytes", None))
   with open(os.path.join(out, "export_report.txt"), "w") as f:
     f.write("\n".join(report) + "\n")
   return report
+
+
+def _tokenizer_or_none(workdir: str, step: int):
+  try:
+    return restore.load_tokenizer(workdir, step)
+  except restore.WorkdirError:
+    return None
 
 
 @restore.without_traceback

@@ -36,7 +36,7 @@ def main(argv):
   options.workdir_or_usage_error(argv)
   f = options.FLAGS
   workdir = f.workdir
-  config, params, step, tok = load.load(workdir, f.use_ema)
+  config, params, step, tok, placement = load.load_on_mesh(workdir, f.use_ema, mesh=f.mesh)
   script = []
   if f.image:
     script.append(documents.Image(report.load_png(f.image, config.data.image_size)))
@@ -45,7 +45,7 @@ def main(argv):
   if f.force_image:
     script.append(engine.Gen())
   script.append(engine.Decode(f.max_tokens))
-  sampler = options.make_sampler(config, params, tok)
+  sampler = options.make_sampler(config, params, tok, placement)
   docs = sampler.run([script] * f.num_samples, uids=range(f.num_samples))
   out = f.out or os.path.join(workdir, "generate")
   w = report.Writer(out)

@@ -244,7 +244,9 @@ class Mogao(torch.nn.Module):
     return x_txt, x_vis
 
   @torch.no_grad()
-  def forward(self, b: dict, vis_t_BV: torch.Tensor):
+  def forward(self, b: dict, vis_t_BV: torch.Tensor, keep_BLL: torch.Tensor | None = None):
+    """(logits_BTV, velocity_BVC); ``keep_BLL`` (optional, bool over [text ; vision] slots)
+    drops keys on top of the visibility rule: the guidance branches of torch_generate.py."""
     c = self.cfg
     x_txt = self.embed_text_stream(b)
     x_vis = self.dense(b["vis_latent"].float(), "vis_in")
@@ -255,6 +257,8 @@ class Mogao(torch.nn.Module):
     meta = {f: torch.cat([b[f"txt_{f}"], b[f"vis_{f}"]], 1)
             for f in ("segment", "kind", "image", "pos")}
     mask = visibility(meta, self.other, self.same)
+    if keep_BLL is not None:
+      mask = mask & keep_BLL
     angles = rope_angles(meta["pos"], c["head_dim"], c["rope_theta"])
     mod = self.dense(cond, "t_mod")
     for i in range(c["depth"]):

@@ -7,13 +7,21 @@ and invisible (masks.visibility wants matching segments > 0).
 
 from __future__ import annotations
 
+import math
+
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mogao_jax.model.config import ModelConfig
 
 META = ("segment", "kind", "image", "pos")
+# Logical axes of the cache's arrays: rows by the batch rule, K/V by kv heads as the
+# attention's projections are, so each device holds the keys its own heads read.
+_KV_AXES = (None, "batch", None, "kv_heads", None)
+_META_AXES = ("batch", None, None)
 
 
 @flax.struct.dataclass
@@ -46,3 +54,17 @@ def empty(cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
   z = jnp.zeros((batch, capacity), jnp.int32)
   return KVCache(k=kv, v=kv, segment=z, kind=z, image=z,
                  pos=jnp.zeros((batch, capacity, 3), jnp.int32))
+
+
+def shardings(cache: KVCache, mesh, rules) -> KVCache:
+  """A KVCache of NamedShardings on ``mesh`` from the logical rules; a mesh axis that does not
+  divide its dimension (a batch of 1, one kv head on a tensor axis of 2) is left replicated."""
+  def one(x, axes):
+    spec = nn.logical_to_mesh_axes(axes[:x.ndim], list(rules))
+    keep = []
+    for dim, target in zip(x.shape, spec):
+      names = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+      keep.append(target if dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
+    return NamedSharding(mesh, PartitionSpec(*keep))
+  return KVCache(k=one(cache.k, _KV_AXES), v=one(cache.v, _KV_AXES),
+                 **{f: one(getattr(cache, f), _META_AXES) for f in META})

@@ -17,6 +17,7 @@ the row's `uid`), so a row's result does not depend on its batch-mates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -30,6 +31,7 @@ from mogao_jax.data.batch import Kind
 from mogao_jax.model import codec as codec_lib
 from mogao_jax.model import masks
 from mogao_jax.model.mogao import Mogao
+from mogao_jax.parallel import rules as rules_lib
 from mogao_jax.sample import cache as cache_lib
 from mogao_jax.sample import sampling
 from mogao_jax.sample import slots as slots_lib
@@ -94,17 +96,25 @@ class Sampler:
   @classmethod
   def from_config(cls, config, params, tokenizer, *, max_tokens: int = 32, capacity: int = 0,
                   batch_size: int = 8, sc: SampleConfig = SampleConfig(),
-                  seed: int = 0) -> "Sampler":
-    """The sampler of a run config; ``capacity`` 0 = ``capacity_for(config, max_tokens)``."""
+                  seed: int = 0, placement=None) -> "Sampler":
+    """The sampler of a run config; ``capacity`` 0 = ``capacity_for(config, max_tokens)``;
+    ``placement`` (sample/load.py's, with params already on its mesh): run on that mesh."""
     return cls(Mogao.from_config(config), params, tokenizer=tokenizer,
                image_size=config.data.image_size, patch_size=config.data.patch_size,
                capacity=capacity or capacity_for(config, max_tokens), batch_size=batch_size,
-               sc=sc, seed=seed, codec=vae_convert.codec_for(config))
+               sc=sc, seed=seed, codec=vae_convert.codec_for(config), placement=placement)
 
   def __init__(self, model: Mogao, params, *, tokenizer, image_size: int, patch_size: int,
                capacity: int = 1024, batch_size: int = 8, sc: SampleConfig = SampleConfig(),
-               seed: int = 0, codec=None):
+               seed: int = 0, codec=None, placement=None):
     self.model, self.params, self.tok, self.sc = model, params, tokenizer, sc
+    self.placement = placement  # None: one device; else .mesh and .rules (sample/load.py)
+    if placement is not None:
+      split = rules_lib.batch_size_divisor(placement.mesh, placement.rules)
+      if batch_size % split:
+        raise ValueError(f"--batch_size={batch_size} rows do not split over the mesh's batch "
+                         f"axes ({split} ways, mesh {dict(placement.mesh.shape)}): use a "
+                         f"multiple of {split}")
     self.cfg = model.cfg
     self.image_size, self.patch_size = image_size, patch_size
     self.grid = images_lib.validate(np.zeros((image_size, image_size, 3), np.uint8), patch_size)
@@ -125,7 +135,19 @@ class Sampler:
   def reset(self, batch_size: int | None = None):
     """An empty cache (and zero next-token logits) for a new batch of rows."""
     self.cache = cache_lib.empty(self.cfg, batch_size or self.batch_size, self.capacity)
+    if self.placement is not None:
+      self.cache = jax.device_put(self.cache, self._cache_shardings(self.cache))
     self.logits = jnp.zeros((self.cache.segment.shape[0], self.cfg.vocab_size), jnp.float32)
+
+  def _cache_shardings(self, cache):
+    return cache_lib.shardings(cache, self.placement.mesh, self.placement.rules)
+
+  def on_mesh(self):
+    """The context the jitted calls run in: the placement's mesh and logical rules (so the
+    model's activation constraints act), or nothing on one device."""
+    if self.placement is None:
+      return contextlib.nullcontext()
+    return rules_lib.activate(self.placement.mesh, self.placement.rules)
 
   # --- device side -------------------------------------------------------------------------
 
@@ -143,7 +165,10 @@ class Sampler:
 
   def _write(self, cache, b, new_kv):
     meta = masks.joint_metadata(b)
-    return cache.write(b["dest"], new_kv, meta)
+    cache = cache.write(b["dest"], new_kv, meta)
+    if self.placement is not None:  # the cache keeps its layout from call to call
+      cache = jax.lax.with_sharding_constraint(cache, self._cache_shardings(cache))
+    return cache
 
   def _extend_impl(self, params, cache, b, logits_BV):
     """Feeds clean slots into the cache; returns the next-token logits of rows with text."""
@@ -189,11 +214,17 @@ class Sampler:
     v = self.forward(params, cache, bb, vis_t, keep)[1]
     return jnp.stack(jnp.split(v, reps, axis=1))
 
+  def image_noise(self, uid_B, count_B, n: int):
+    """The Gaussian noise [B, n, latent_dim] an image starts from: row uid's image number
+    ``count`` (0, 1, ..) under the sampler's seed (another sampler, e.g. the PyTorch export's,
+    takes it to reproduce this one's images)."""
+    keys_B = self._row_keys(_TAG_IMAGE, jnp.asarray(uid_B), jnp.asarray(count_B))
+    return jax.vmap(lambda k: jax.random.normal(k, (n, self.cfg.latent_dim)))(keys_B)
+
   def _gen_impl(self, params, cache, b, uid_B, count_B):
     """Integrates the NVAE slots of `b` from Gaussian noise to a clean latent [B, N, C]."""
-    n, sc = b["vis_kind"].shape[1], self.sc
-    keys_B = self._row_keys(_TAG_IMAGE, uid_B, count_B)
-    x0 = jax.vmap(lambda k: jax.random.normal(k, (n, self.cfg.latent_dim)))(keys_B)
+    sc = self.sc
+    x0 = self.image_noise(uid_B, count_B, b["vis_kind"].shape[1])
 
     def velocity(x, t):
       v = self.branch_velocities(params, cache, b, x, t)
@@ -208,8 +239,9 @@ class Sampler:
     'prompt' (fed) or 'gen' (sampled). `uids` (default 0, 1, ..) seed each row's randomness."""
     uids = list(range(len(scripts))) if uids is None else list(uids)
     out = []
-    for i in range(0, len(scripts), self.batch_size):
-      out += self._run_batch(scripts[i:i + self.batch_size], uids[i:i + self.batch_size])
+    with self.on_mesh():
+      for i in range(0, len(scripts), self.batch_size):
+        out += self._run_batch(scripts[i:i + self.batch_size], uids[i:i + self.batch_size])
     return out
 
   def _run_batch(self, scripts, uids):

@@ -6,6 +6,7 @@ from absl import app
 from absl import flags
 
 from mogao_jax.sample import engine
+from mogao_jax.sample import load
 from mogao_jax.sample.sampling import SampleConfig
 
 FLAGS = flags.FLAGS
@@ -32,6 +33,19 @@ def define() -> None:
   flags.DEFINE_integer("batch_size", 8, "rows sampled together")
   flags.DEFINE_integer("seed", 0, "sampling seed")
   flags.DEFINE_bool("use_ema", True, "sample from the EMA params when the checkpoint has them")
+  flags.DEFINE_string("mesh", load.RUN, "where the params go: 'run' (the run's mesh.shape and "
+                      "mesh.rules, restored sharded as training lays them out), 'single' (one "
+                      "device), or mesh.shape overrides as axis=size pairs, e.g. "
+                      "'data=1,fsdp=-1' (the run's rules map the logical axes onto them)")
+  flags.register_validator("mesh", _valid_mesh)
+
+
+def _valid_mesh(value: str) -> bool:
+  try:
+    load.parse_mesh(value)
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from e
+  return True
 
 
 def workdir_or_usage_error(argv) -> str:
@@ -49,10 +63,9 @@ def sample_config() -> SampleConfig:
                       g_img=FLAGS.g_img)
 
 
-def make_sampler(config, params, tokenizer):
-  return engine.Sampler.from_config(config, params, tokenizer, max_tokens=FLAGS.max_tokens,
-                                    capacity=FLAGS.max_len, batch_size=FLAGS.batch_size,
-                                    sc=sample_config(), seed=FLAGS.seed)
+def make_sampler(config, params, tokenizer, placement=None):
+  return engine.Sampler.from_config(config, params, tokenizer, placement=placement,
+                                    **sampler_kwargs())
 
 
 def sampler_kwargs() -> dict:
