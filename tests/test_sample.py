@@ -33,6 +33,9 @@ class FakeTokenizer:
   def plain_ids(self):
     return np.arange(6, self.vocab_size)
 
+  def special_literals(self, text):
+    return []
+
   def decode(self, ids):
     return "".join(chr(97 + (i - 6) % 26) for i in ids)
 
