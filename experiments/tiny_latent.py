@@ -6,9 +6,12 @@ row's images in the train input step and decoded for every sampled image).
   python -m mogao_jax.train --config experiments/tiny_latent.py:parts=DIR --workdir W \\
       --config.data.source='jsonl:/data/docs/*.jsonl?images=/data/images'
 
-DIR holds qwen2/, siglip/ and vae/ (each config.json + *.safetensors) and, optionally,
-tokenizer.model: a sentencepiece model whose ids are the Qwen2's (without one, a sentencepiece
-tokenizer is trained from the built-in world's text, which suits random test parts only).
+DIR holds qwen2/, siglip/ and vae/ (each config.json + *.safetensors). The tokenizer is the
+Qwen2's own when qwen2/tokenizer.json is there (+ its tokenizer_config.json: eos / pad; the image
+delimiters are `<|vision_start|>` / `<|vision_end|>`, see data/hf_tokenizer.py); else
+DIR/tokenizer.model if present; else a sentencepiece tokenizer is trained from the built-in
+world's text and the embedding is learned anew (data.tokenizer_relearn), which suits random
+test parts only.
 Every size comes from the parts' own config.json files (mogao_jax/part_configs.py); a missing
 part or file is named at once. Config arguments:
 
@@ -66,11 +69,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vit_grid = vit_grid
   c.data.l_vis = 3 * latent_grid * latent_grid  # an edit pair and a bit
   c.data.l_txt = max(96, 3 * vit_grid * vit_grid)
-  tok = os.path.join(args.parts, "tokenizer.model")
-  if os.path.isfile(tok):
-    c.data.tokenizer, c.data.vocab_size = tok, text["vocab_size"]
+  sp_tok = os.path.join(args.parts, "tokenizer.model")
+  if os.path.isfile(os.path.join(qwen, "tokenizer.json")):
+    c.data.tokenizer, c.data.vocab_size = qwen, text["vocab_size"]
+  elif os.path.isfile(sp_tok):
+    c.data.tokenizer, c.data.vocab_size = sp_tok, text["vocab_size"]
   else:
     c.data.tokenizer, c.data.vocab_size = "", min(_WORLD_PIECES, text["vocab_size"])
+    c.data.tokenizer_relearn = True
   c.train.update(dict(steps=200, log_every=10, ckpt_every=50))
   c.optim.warmup_steps = 20
   return c

@@ -148,7 +148,11 @@ SCHEMA: dict[str, Key] = {
     "data.cond_dropout": _PROB,
     "data.eval_seed": _int(0, _SEED_MAX, optional=True),
     "data.vocab_size": _int(6),  # the tokenizer's 6 special symbols (pad unk bos eos <img> </img>)
-    "data.tokenizer": Key("str", optional=True),
+    "data.tokenizer": Key("str", optional=True),  # sentencepiece file | tokenizer.json | dir
+    # HF roles, e.g. "img_open=<|vision_start|>,eos=<|im_end|>" (data/hf_tokenizer.py)
+    "data.tokenizer_specials": Key("str", optional=True),
+    # the tokenizer is not the imported LM's (init.text): its embedding is learned anew
+    "data.tokenizer_relearn": Key("bool", optional=True),
     "data.latents": _choice("pixels", "precomputed", "encode"),
     "data.vae": Key("str", optional=True),  # a diffusers AutoencoderKL dir (data/latents.py)
     "data.latent_patch": _pos(),

@@ -4,6 +4,8 @@
 
     write_parts(DIR)                          # the default shapes
     write_parts(DIR, SHAPES["other"])         # tied embeddings, MHA, 16 latent channels, ...
+    write_parts(DIR, SHAPES["qwen_tok"], tokenizer=True)   # + a Qwen-style qwen2/tokenizer.json
+    write_qwen_tokenizer(DIR)                 # that tokenizer alone (needs only `tokenizers`)
 """
 
 import json
@@ -27,6 +29,56 @@ SHAPES = {
                  use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
                  shift_factor=0.1159)),
 }
+# The default shapes with room for write_qwen_tokenizer's 470 + 22 ids, padded to 512 rows as
+# Qwen2 pads its 151,665 to 151,936.
+SHAPES["qwen_tok"] = dict(SHAPES["default"], qwen2=dict(SHAPES["default"]["qwen2"], vocab_size=512))
+
+# Qwen2.5's added tokens, in its order (ids from the end of the BPE vocabulary); the tool-call
+# and fill-in-the-middle ones are not flagged special there.
+QWEN_ADDED = (
+    [(t, True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                         "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                         "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                         "<|image_pad|>", "<|video_pad|>")]
+    + [(t, False) for t in ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+                            "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")])
+# Qwen2's pre-tokenizer split (its tokenizer.json), before the byte-level mapping.
+_QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Text beyond the world's: capitals, digits, accents, CJK (the pieces a real corpus needs).
+EXTRA_TEXT = ["Hello World! 2026-12-07: 42 red CIRCLES, 7 Blue Squares.",
+              "Café, naïve, Über, señor, garçon, Øresund.", "你好，世界。日本語のテキスト。한국어 문장."]
+
+
+def write_qwen_tokenizer(path: str, n_pieces: int = 470, delimiters: bool = True) -> str:
+  """A byte-level BPE tokenizer built like Qwen2's (NFC, its split regex, ByteLevel pre-tokenizer
+  and decoder; `n_pieces` BPE ids, then QWEN_ADDED) trained on the world's text and EXTRA_TEXT,
+  with a Qwen2.5-style tokenizer_config.json: path/tokenizer.json + tokenizer_config.json.
+  `delimiters=False` leaves out `<|vision_start|>` / `<|vision_end|>` (a bad-input case)."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers  # pylint: disable=g-import-not-at-top
+  from mogao_jax.data.sources import world  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(_QWEN_SPLIT), behavior="isolated", invert=False),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  trainer = trainers.BpeTrainer(vocab_size=n_pieces, show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(list(world.world_text_corpus(200)) + EXTRA_TEXT * 5, trainer)
+  assert tok.get_vocab_size() == n_pieces, tok.get_vocab_size()
+  added = [(t, sp) for t, sp in QWEN_ADDED
+           if delimiters or t not in ("<|vision_start|>", "<|vision_end|>")]
+  tok.add_tokens([tokenizers.AddedToken(t, special=sp, normalized=False) for t, sp in added])
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, "tokenizer.json"))
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": None, "errors": "replace", "model_max_length": 32768,
+               "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer"}, f)
+  return path
 
 
 # The config.json entries experiments/tiny_latent.py reads, of the "default" shapes.
@@ -61,7 +113,9 @@ def _perturb(model, seed: int):
   return model.eval()
 
 
-def write_parts(path: str, shapes: dict | None = None, seed: int = 0) -> str:
+def write_parts(path: str, shapes: dict | None = None, seed: int = 0,
+                tokenizer: bool = False) -> str:
+  """`tokenizer`: also qwen2/tokenizer.json (write_qwen_tokenizer; SHAPES["qwen_tok"] fits it)."""
   import transformers  # pylint: disable=g-import-not-at-top
   s = shapes or SHAPES["default"]
   q = transformers.Qwen2Config(rms_norm_eps=1e-6, max_position_embeddings=512,
@@ -72,6 +126,8 @@ def write_parts(path: str, shapes: dict | None = None, seed: int = 0) -> str:
   _perturb(transformers.SiglipVisionModel(v), seed + 1).save_pretrained(
       os.path.join(path, "siglip"))
   write_vae(os.path.join(path, "vae"), s["vae"], seed + 2)
+  if tokenizer:
+    write_qwen_tokenizer(os.path.join(path, "qwen2"))
   return path
 
 

@@ -92,8 +92,8 @@ def test_keep_last_n_plus_every_k(config, tmp_path):
 def _two_steps(config, tmp_path):
   state, shardings = _small_state(config, mesh_lib.make_mesh(config))
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
-    ckpt.save(1, state, {"at": 1}, config, tokenizer_proto=b"tok1")
-    ckpt.save(2, state.replace(step=jnp.int32(8)), {"at": 2}, config, tokenizer_proto=b"tok2")
+    ckpt.save(1, state, {"at": 1}, config, tokenizer_files={"tokenizer.model": b"tok1"})
+    ckpt.save(2, state.replace(step=jnp.int32(8)), {"at": 2}, config, tokenizer_files={"tokenizer.model": b"tok2"})
   return ckpt_lib.abstract_with_shardings(state, shardings)
 
 
@@ -121,7 +121,7 @@ def test_damaged_checkpoint_falls_back(config, tmp_path, damage):
     shutil.rmtree(root / "2")
   tok = tmp_path / "tokenizer.model"
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
-    ckpt.sync_tokenizer(str(tok))
+    ckpt.sync_tokenizer(str(tmp_path))
     step, state, data = ckpt.restore_latest(abstract, config)
     assert ckpt.all_steps() == [1]
   assert (step, int(state.step), data) == (1, 7, {"at": 1})
@@ -146,7 +146,7 @@ def test_tokenizer_mismatch_is_refused(config, tmp_path):
   (tmp_path / "tokenizer.model").write_bytes(b"other")
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
     with pytest.raises(ValueError, match="differs from the tokenizer saved in checkpoint step 2"):
-      ckpt.sync_tokenizer(str(tmp_path / "tokenizer.model"))
+      ckpt.sync_tokenizer(str(tmp_path))
 
 
 def test_other_state_structure_is_refused(config, tmp_path):

@@ -276,6 +276,9 @@ def test_packer_puts_the_stored_latents_in_the_vision_stream():
     def encode(self, text):
       return [10 + len(w) for w in text.split()]
 
+    def special_literals(self, text):
+      return []
+
   doc = documents.Document((documents.Text("draw this"), documents.Image(px, True, latent=z),
                             documents.Image(px, False), documents.Text("done")),
                            meta={"id": "d"})

@@ -62,7 +62,7 @@ def test_sample_grid_and_periodic_eval_write_to_tensorboard(tmp_path):
   grid, ev = eval_hooks.from_config(c)
   assert (grid.every, ev.every) == (5, 7)
   tb = _TB()
-  ctx = hooks_lib.Context(c, str(tmp_path), tb, tok.model_proto)
+  ctx = hooks_lib.Context(c, str(tmp_path), tb, tok.files)
   state = _State(modelkit.fresh_params(c, Mogao.from_config(c)))
   grid(5, state, ctx)
   img, step, fmt = tb.images["samples/t2i_vs_truth"]

@@ -25,9 +25,16 @@ TOL = 2e-5
 class FakeTokenizer:
   """Character-level ids over the tiny vocab; ids 0-5 as the real tokenizer's specials."""
   pad_id, bos_id, eos_id, img_open_id, img_close_id = 0, 2, 3, 4, 5
+  vocab_size = 106  # the tiny model has 128 embedding rows: 22 past the tokenizer
 
   def encode(self, text):
     return [6 + (ord(ch) % 100) for ch in text]
+
+  def plain_ids(self):
+    return np.arange(6, self.vocab_size)
+
+  def special_literals(self, text):
+    return []
 
   def decode(self, ids):
     return "".join(chr(97 + (i - 6) % 26) for i in ids)
@@ -238,7 +245,7 @@ def test_batch_equals_single_runs_and_is_deterministic(setup):
 
 def test_decoded_img_token_generates_an_image_then_decoding_resumes(setup, monkeypatch):
   """A model that always writes `<img>`: Decode(2) yields two images, then its budget ends."""
-  always_img = lambda keys, logits, sc: jnp.full(logits.shape[:1], FakeTokenizer.img_open_id)  # noqa
+  always_img = lambda keys, logits, *_: jnp.full(logits.shape[:1], FakeTokenizer.img_open_id)  # noqa
   monkeypatch.setattr(sampling, "sample_tokens", always_img)
   s = setup[4](batch_size=1, sc=sampling.SampleConfig(steps=1))
   doc = s.run([[documents.Text("ab"), engine.Decode(2)]])[0]
@@ -246,3 +253,37 @@ def test_decoded_img_token_generates_an_image_then_decoding_resumes(setup, monke
       ("prompt", "Text"), ("gen", "Image"), ("gen", "Image")]
   # BOS a b <img> [VIT x16] </img> <img> [VIT x16] </img> + 2 x 16 CVAE slots
   assert int((np.asarray(s.cache.segment[0]) > 0).sum()) == 3 + 2 * (1 + 16 + 1) + 2 * 16
+
+
+class _Recording(FakeTokenizer):
+  def __init__(self):
+    self.decoded = []
+
+  def decode(self, ids):
+    self.decoded += list(ids)
+    return super().decode(ids)
+
+
+def test_never_emits_an_id_the_tokenizer_cannot_decode(setup):
+  """A model forced to prefer embedding rows past the tokenizer (ids 120 / 121 of 128; the
+  tokenizer has 106) and the reserved ids: the sampler never emits them."""
+  c, model, params = setup[:3]
+  params = jax.tree_util.tree_map(lambda x: x, params)  # a copy; the fixture's stay
+  # The final norm keeps one feature h_0 != 0; the head reads only it, with the largest weights
+  # on 120 (h_0 > 0 wins) and 121 (h_0 < 0 wins), then the reserved 0, 1, 2 and 5, then the
+  # text ids 50 / 51.
+  params["txt_norm"]["scale"] = jnp.zeros_like(params["txt_norm"]["scale"]).at[0].set(1.0)
+  head = params["lm_head"]["kernel"] if "lm_head" in params else None
+  assert head is not None and head.shape == (c.model.width, c.model.vocab_size)
+  w = np.zeros(head.shape, np.float32)
+  w[0, [120, 121, 0, 1, 2, 5, 50, 51]] = [50.0, -50.0, 40.0, -40.0, 30.0, -30.0, 20.0, -20.0]
+  params["lm_head"]["kernel"] = jnp.asarray(w, head.dtype)
+  tok = _Recording()
+  s = engine.Sampler(model, params, tokenizer=tok, image_size=IMAGE, patch_size=PATCH,
+                     capacity=128, batch_size=2, sc=sampling.SampleConfig(temperature=1.0))
+  docs = s.run([[documents.Text("ab"), engine.Decode(12, images=False)],
+                [documents.Text("xyz"), engine.Decode(12, images=False)]])
+  # unrestricted, the head's choice is an id past the tokenizer
+  assert int(np.argmax(np.asarray(s.logits[0]))) in (120, 121)
+  assert sorted(set(tok.decoded)) in ([50], [51]) and len(tok.decoded) == 24  # 12 per row
+  assert [r for r, _ in docs[0]] == ["prompt", "gen"]

@@ -1,12 +1,14 @@
 """experiments/tiny_latent.py end to end on tiny random parts (tests/partskit.py): Qwen2 +
 SigLIP + AutoencoderKL imported, trained on JSONL documents with PNG image files on 8
 simulated devices with FSDP (latents encoded in the input step), resumed, sampled to PNGs of
-the VAE's output size, evaluated, exported to PyTorch and checked against the JAX model."""
+the VAE's output size, evaluated, exported to PyTorch and checked against the JAX model. The
+"qwen_tok" parts carry a Qwen-style qwen2/tokenizer.json, which the run must use as its own."""
 
 import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,6 +29,7 @@ from mogao_jax.data import pipeline
 from mogao_jax.model.mogao import Mogao
 from mogao_jax.sample import load
 from mogao_jax.train import loop
+from mogao_jax.train import restore
 from tests import convertkit, partskit
 from tests.configs import REPO
 
@@ -51,11 +54,12 @@ def _run(args, **kw):
   return r.stdout
 
 
-@pytest.fixture(scope="module", params=["default", "other"])
+@pytest.fixture(scope="module", params=["default", "other", "qwen_tok"])
 def run(request, tmp_path_factory):
   """Parts, data and a trained + resumed workdir (4 steps, then 2 more)."""
   root = tmp_path_factory.mktemp(f"latent_{request.param}")
-  parts = partskit.write_parts(str(root / "parts"), partskit.SHAPES[request.param])
+  parts = partskit.write_parts(str(root / "parts"), partskit.SHAPES[request.param],
+                               tokenizer=request.param == "qwen_tok")
   probe = config_args.load_experiment(EXPERIMENT).get_config(f"parts={parts}")
   source = partskit.write_world_jsonl(str(root / "data"), 48, probe.data.image_size)
   wd = str(root / "wd")
@@ -125,3 +129,35 @@ def test_torch_export_matches_jax(run, tmp_path):
   for j, t, real in ((logits_j, logits_t, batch["txt_segment"] > 0),
                      (vel_j, vel_t, batch["vis_segment"] > 0)):
     assert convertkit.rel_err(t.numpy()[real], np.asarray(j)[real]) <= RTOL
+
+
+def test_parts_tokenizer_is_the_runs(run, tmp_path):
+  """The parts' tokenizer.json is the run's (workdir and checkpoint), its ids are transformers'
+  own on the run's documents, and sampled text decodes without unknown pieces."""
+  name, parts, source, wd, _, _ = run
+  if name != "qwen_tok":
+    pytest.skip("these parts hold no tokenizer.json")
+  import transformers  # pylint: disable=g-import-not-at-top
+  qwen = os.path.join(parts, "qwen2")
+  assert sorted(f for f in os.listdir(wd) if f.startswith("tokenizer")) == [
+      "tokenizer.json", "tokenizer_config.json"]
+  want = open(os.path.join(qwen, "tokenizer.json"), "rb").read()
+  assert open(os.path.join(wd, "tokenizer.json"), "rb").read() == want
+  tok = restore.load_tokenizer(wd)
+  ref = transformers.AutoTokenizer.from_pretrained(qwen)
+  lines = [json.loads(x) for x in open(source.split("?")[0][len("jsonl:"):])]
+  texts = [p["text"] for d in lines for p in d["parts"] if p["type"] == "text"][:40]
+  for text in texts + partskit.EXTRA_TEXT:
+    assert tok.encode(text) == ref(text, add_special_tokens=False).input_ids, text
+  assert tok.img_open_id == ref.convert_tokens_to_ids("<|vision_start|>")
+  # the checkpoint alone carries it (the item's main bytes are the tokenizer.json)
+  bare = tmp_path / "bare"
+  shutil.copytree(wd, bare)
+  for f in ("tokenizer.json", "tokenizer_config.json"):
+    os.remove(bare / f)
+  assert restore.load_tokenizer(str(bare)).files == tok.files
+  out = tmp_path / "text"
+  _run(["mogao_jax.generate", "--workdir", wd, "--prompt", "Café 42: a red circle",
+        "--max_tokens", "12", "--out", str(out)])
+  html = open(out / "index.html", encoding="utf-8").read()
+  assert "Café 42: a red circle" in html and "\u2047" not in html  # no unknown-piece mark

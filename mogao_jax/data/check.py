@@ -32,7 +32,7 @@ from mogao_jax.data.sources import specs as specs_lib
 from mogao_jax import quiet_logs
 
 WORLD_DEFAULT_LIMIT = 1000
-_REPAIRS_FROM_PACKER = ("doc/truncated",)
+_REPAIRS_FROM_PACKER = ("doc/truncated", "text/special_token_literal")
 
 
 def with_source(config, source: str | None):

@@ -15,6 +15,7 @@ import numpy as np
 from mogao_jax.data import documents
 from mogao_jax.data import images
 from mogao_jax.data import latents
+from mogao_jax.data.tokenizer import LITERAL_ISSUE
 from mogao_jax.data.batch import Kind
 
 
@@ -93,6 +94,10 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
     parts = [p for p in parts if not isinstance(p, documents.Image) or p.latent is not None]
     info["issues"] += [("image/no_latent", info["id"] or "<document>")] * (len(doc.parts) -
                                                                           len(parts))
+  literals = [t for p in parts if isinstance(p, documents.Text)
+              for t in tokenizer.special_literals(p.text)]
+  if literals:  # encoded as plain text (data/tokenizer.py); counted, the document is kept
+    info["issues"].append((LITERAL_ISSUE, f"{info['id'] or '<document>'}: {literals[0]!r}"))
   items = [("t", tokenizer.encode(p.text)) if isinstance(p, documents.Text)
            else ("i", _patched(p, patch_size, latent_patch, latent_dim, encode_grid))
            for p in parts]

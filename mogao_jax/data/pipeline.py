@@ -47,22 +47,29 @@ _SPLITS = {"train": 0, "eval": 1}
 _TOKENIZER_CORPUS_SCENES = 2000
 
 
-def make_tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
-  """`config.data.tokenizer` (a file from `python -m mogao_jax.data.train_tokenizer`, copied to
-  `workdir/tokenizer.model`) or, when "", trains (first use) or loads `workdir/tokenizer.model`
-  from the world's text; checks it fits the model vocab.
+def make_tokenizer(config, workdir: str):
+  """`config.data.tokenizer` (a file from `python -m mogao_jax.data.train_tokenizer`, or a
+  Hugging Face tokenizer.json or a directory holding one; copied into the workdir) or, when "",
+  trains (first use) or loads `workdir/tokenizer.model` from the world's text; checks it fits
+  the model's vocabulary (and, with config.init.text, that it is that LM's).
 
   The corpus does not depend on config.seed: one tokenizer per vocab size, whatever the run.
   """
-  path = config.data.get("tokenizer", "")
+  d = config.data
+  path = d.get("tokenizer", "")
   if path:
-    tok = tokenizer_lib.use_file(path, workdir)
+    tok = tokenizer_lib.use_file(path, workdir, specials=d.get("tokenizer_specials", ""))
   else:
-    tok = tokenizer_lib.train_or_load(workdir, config.data.vocab_size,
+    tok = tokenizer_lib.train_or_load(workdir, d.vocab_size,
                                       world.world_text_corpus(_TOKENIZER_CORPUS_SCENES))
   if "model" in config and "vocab_size" in config.model:
-    tokenizer_lib.check_vocab(tok, config.model.vocab_size,
-                              f"config.data.tokenizer={path!r}" if path else "tokenizer")
+    init = config.get("init", {})
+    tokenizer_lib.check_vocab(
+        tok, config.model.vocab_size,
+        f"config.data.tokenizer={path!r}" if path else "the world tokenizer",
+        data_vocab_size=d.vocab_size if tok.kind == "hf" else 0,
+        imported=init.get("text", "") if init else "",
+        relearn=bool(d.get("tokenizer_relearn", False)))
   return tok
 
 

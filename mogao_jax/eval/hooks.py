@@ -31,7 +31,7 @@ class _Sampling:
   def sampler(self, state, ctx) -> engine.Sampler:
     if self._sampler is None:
       self._sampler = engine.Sampler.from_config(
-          ctx.config, None, tokenizer_lib.Tokenizer(ctx.tokenizer_proto),
+          ctx.config, None, tokenizer_lib.from_files(ctx.tokenizer_files),
           max_tokens=self._max_tokens, batch_size=self._batch,
           sc=sampling.SampleConfig(steps=self._steps))
     self._sampler.params = state.ema if getattr(state, "ema", None) is not None else state.params

@@ -125,6 +125,7 @@ class Sampler:
     self.n_latent = self.codec.grid[0] * self.codec.grid[1]
     self.capacity, self.batch_size, self.seed = capacity, batch_size, seed
     self.dims = (self.cfg.patch_dim, self.cfg.latent_dim)
+    self._emittable = jnp.asarray(sampling.emittable(tokenizer, self.cfg.vocab_size))
     self._other = masks.parse_table(self.cfg.mask_other, "model.mask_other")
     self._same = masks.parse_table(self.cfg.mask_same, "model.mask_same")
     self._extend = jax.jit(self._extend_impl)
@@ -187,7 +188,7 @@ class Sampler:
   def _decode_impl(self, params, cache, logits_BV, uid_B, count_B, b):
     """Samples one token per row and feeds it (inactive rows: b has segment 0 there)."""
     keys_B = self._row_keys(_TAG_TEXT, uid_B, count_B)
-    tok_B = sampling.sample_tokens(keys_B, logits_BV, self.sc)
+    tok_B = sampling.sample_tokens(keys_B, logits_BV, self.sc, self._emittable)
     b = {**b, "txt_token": tok_B[:, None]}
     logits_BV, cache = self._extend_impl(params, cache, b, logits_BV)
     return tok_B, logits_BV, cache
@@ -366,7 +367,7 @@ class Sampler:
   def _stop(self, r, ids, gen: bool, budget: int = 0) -> bool:
     """Ends a row's decode run: its text goes out; `gen` queues an image, then decoding of the
     remaining `budget` tokens."""
-    special = (self.tok.bos_id, self.tok.eos_id, self.tok.img_close_id, 0)
+    special = (self.tok.bos_id, self.tok.eos_id, self.tok.img_open_id, self.tok.img_close_id)
     ids[:] = [i for i in ids if i not in special]
     if ids:
       r.out.append(("gen", documents.Text(self.tok.decode(ids))))

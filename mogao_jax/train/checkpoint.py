@@ -7,7 +7,8 @@ One checkpoint step ``<workdir>/checkpoints/<step>/`` holds four items:
 * ``data``: the data iterators' states, one per process (each process reads its own shard);
 * ``config``: the resolved config; a restore into a different ``model`` section (or tokenizer
   settings) fails naming the differing keys rather than with a shape error deep inside orbax;
-* ``tokenizer``: the sentencepiece model bytes, so a checkpoint is self-contained;
+* ``tokenizer``: the tokenizer's bytes (a sentencepiece model, or a tokenizer.json + its
+  tokenizer_config.json: data/tokenizer.py `to_item`), so a checkpoint is self-contained;
 
 plus ``integrity.json`` (train/integrity.py): size and sha256 of every file, written in orbax's
 background thread before the commit, verified on restore.
@@ -39,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.train import compat
 from mogao_jax.train import integrity
 from mogao_jax.train.compat import config_diff, named_shapes, shape_diff  # noqa: F401
@@ -154,16 +156,16 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: Any, config, *,
-           tokenizer_proto: bytes | None = None, force: bool = True) -> bool:
+           tokenizer_files: dict[str, bytes] | None = None, force: bool = True) -> bool:
     """Starts an async save (every process must call it); returns whether one started."""
     items = dict(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave({"processes": _gather_json(data_state)}),
         config=ocp.args.JsonSave(config_to_json(config)),
     )
-    if tokenizer_proto is not None:
+    if tokenizer_files:
       items["tokenizer"] = ocp.args.StandardSave(
-          {"model_proto": np.frombuffer(tokenizer_proto, np.uint8)})
+          {k: np.frombuffer(v, np.uint8) for k, v in tokenizer_lib.to_item(tokenizer_files).items()})
     saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
@@ -201,12 +203,13 @@ class Checkpointer:
     args = ocp.args.Composite(config=ocp.args.JsonRestore())
     return self.manager.restore(step, args=args)["config"]
 
-  def tokenizer_proto(self, step: int) -> bytes | None:
-    """The sentencepiece model saved with ``step`` (None for a checkpoint without one)."""
+  def tokenizer_files(self, step: int) -> dict[str, bytes] | None:
+    """The tokenizer files saved with ``step`` (None for a checkpoint without them)."""
     if not os.path.isdir(os.path.join(self.directory, str(step), "tokenizer")):
       return None
     out = self.manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.StandardRestore()))
-    return bytes(np.asarray(out["tokenizer"]["model_proto"], np.uint8))
+    return tokenizer_lib.from_item({k: bytes(np.asarray(v, np.uint8))
+                                    for k, v in out["tokenizer"].items()})
 
   def check_compatible(self, step: int, config, abstract_state: Any = None) -> None:
     """Raises ValueError naming what differs: MUST_MATCH config keys, then state leaves."""
@@ -321,28 +324,23 @@ class Checkpointer:
     self.manager.reload()
     return msg
 
-  def sync_tokenizer(self, path: str) -> None:
-    """Writes the newest checkpoint's tokenizer to ``path`` if absent; refuses a different one."""
+  def sync_tokenizer(self, workdir: str) -> None:
+    """Writes the newest checkpoint's tokenizer files into ``workdir`` if it has none; refuses
+    a different one there."""
     for step in sorted(self.all_steps(), reverse=True):
       if self.verify(step) not in (None, integrity.UNVERIFIED):
         continue  # damaged: restore_latest moves it aside
       try:
-        proto = self.tokenizer_proto(step)
+        files = self.tokenizer_files(step)
       except Exception:  # pylint: disable=broad-except  (restore_latest reports it)
         continue
-      if proto is None:
+      if files is None:
         return
-      if not os.path.exists(path):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-          f.write(proto)
-        os.replace(tmp, path)
-        logging.info("checkpoint: tokenizer restored from step %d to %s", step, path)
-      else:
-        with open(path, "rb") as f:
-          if f.read() != proto:
-            raise ValueError(f"{path} differs from the tokenizer saved in checkpoint step {step}"
-                             f" of {self.directory}; delete {path} to use the checkpoint's")
+      had = bool(tokenizer_lib.workdir_files(workdir))
+      tokenizer_lib.write_workdir(files, workdir, f"the tokenizer saved in checkpoint step {step}"
+                                  f" of {self.directory} (delete the workdir's to use it)")
+      if not had:
+        logging.info("checkpoint: tokenizer restored from step %d to %s", step, workdir)
       return
 
   def wait_until_finished(self) -> None:

@@ -19,7 +19,7 @@ class Context:
   config: Any
   workdir: str
   tb: Any  # tensorboardX.SummaryWriter on the primary process, else None
-  tokenizer_proto: bytes
+  tokenizer_files: dict  # file name -> bytes (data/tokenizer.py from_files)
 
 
 class Hook(Protocol):

@@ -34,7 +34,6 @@ from mogao_jax.convert import init as convert_init
 from mogao_jax.convert import vae as vae_convert
 from mogao_jax.data import latents
 from mogao_jax.data import pipeline
-from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
@@ -166,7 +165,7 @@ def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
   tx, schedule = optim_lib.make_optimizer(config)
 
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
-  ckpt.sync_tokenizer(os.path.join(workdir, tokenizer_lib.MODEL_FILE))
+  ckpt.sync_tokenizer(workdir)
   tokenizer = pipeline.make_tokenizer(config, workdir)
   data_iter = pipeline.make_pipeline(config, tokenizer, split="train",
                                      process_index=jax.process_index(),
@@ -189,8 +188,8 @@ def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
       step_fn = jax.jit(step_lib.make_train_step(config, model, tx, opt_on_device),
                         in_shardings=(shardings, bsh), out_shardings=(shardings, replicated),
                         donate_argnums=0)
-      saver = _Saver(ckpt, config, data_iter, tokenizer.model_proto)
-      ctx = hooks_lib.Context(config, workdir, log.tb, tokenizer.model_proto)
+      saver = _Saver(ckpt, config, data_iter, tokenizer.files)
+      ctx = hooks_lib.Context(config, workdir, log.tb, tokenizer.files)
       inputs = _input_step(config, mesh, bsh)
       records = _run(config, state, step_fn, data_iter, inputs, saver, log, preempt, hooks,
                      ctx)
@@ -218,14 +217,14 @@ def _close_quietly(close) -> None:
 class _Saver:
   """Checkpoint saves of the loop (state + data iterator position + config + tokenizer)."""
 
-  def __init__(self, ckpt, config, data_iter, tokenizer_proto: bytes):
+  def __init__(self, ckpt, config, data_iter, tokenizer_files: dict[str, bytes]):
     self.ckpt, self.config, self.data_iter = ckpt, config, data_iter
-    self.tokenizer_proto, self.last = tokenizer_proto, None
+    self.tokenizer_files, self.last = tokenizer_files, None
 
   def __call__(self, step: int, state) -> None:
     if self.last != step:
       self.ckpt.save(step, state, pipeline.state_to_json(self.data_iter.get_state()),
-                     self.config, tokenizer_proto=self.tokenizer_proto)
+                     self.config, tokenizer_files=self.tokenizer_files)
       self.last = step
 
 

@@ -101,22 +101,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return restore_config(workdir)[0]
 
 
-def load_tokenizer(workdir: str, step: int | None = None) -> tokenizer_lib.Tokenizer:
-  """WORKDIR/tokenizer.model, else the tokenizer saved with a checkpoint."""
-  path = os.path.join(workdir, tokenizer_lib.MODEL_FILE)
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      return tokenizer_lib.Tokenizer(f.read())
+def load_tokenizer(workdir: str, step: int | None = None):
+  """The workdir's tokenizer files (tokenizer.json + tokenizer_config.json, or tokenizer.model),
+  else the tokenizer saved with a checkpoint."""
+  files = tokenizer_lib.workdir_files(workdir)
+  if files:
+    return tokenizer_lib.from_files(files, f"--workdir {workdir}")
   directory, step = locate(workdir, step=step)
   if not os.path.isdir(os.path.join(directory, str(step), "tokenizer")):
-    raise WorkdirError(f"--workdir {workdir} has no {tokenizer_lib.MODEL_FILE} and its "
-                            "checkpoint holds no tokenizer")
+    raise WorkdirError(f"--workdir {workdir} has no tokenizer file ({tokenizer_lib.MODEL_FILE} "
+                       "or tokenizer.json) and its checkpoint holds no tokenizer")
   manager = _reader(directory)
   try:
     out = manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.StandardRestore()))
   finally:
     manager.close()
-  return tokenizer_lib.Tokenizer(bytes(np.asarray(out["tokenizer"]["model_proto"], np.uint8)))
+  item = {k: bytes(np.asarray(v, np.uint8)) for k, v in out["tokenizer"].items()}
+  return tokenizer_lib.from_files(tokenizer_lib.from_item(item), f"{directory}/{step}/tokenizer")
 
 
 def restore_params(path: str, *, step: int | None = None, which: str = "params", like=None,

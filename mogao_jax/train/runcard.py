@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 
+from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.train import checkpoint as ckpt_lib
 
 CARD_FILE = "run_card.json"
@@ -134,10 +135,9 @@ def data_fingerprint(config, workdir: str) -> dict[str, Any]:
   out = {"source": config.data.source,
          "params_sha256": _sha256(json.dumps(params, sort_keys=True).encode()),
          "world_code_sha256": _sha256(code), "seed": int(config.seed)}
-  tok = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(tok):
-    with open(tok, "rb") as f:
-      out["tokenizer_sha256"] = _sha256(f.read())
+  tok = tokenizer_lib.workdir_files(workdir)
+  if tok:
+    out["tokenizer_sha256"] = _sha256(b"".join(tok[k] for k in sorted(tok)))
   parts = [out["params_sha256"], out["world_code_sha256"], str(out["seed"]),
            out.get("tokenizer_sha256", "")]
   out["fingerprint"] = _sha256("|".join(parts).encode())[:16]
