@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 import tokenizers
 from mogao_jax import export as export_lib
 from mogao_jax.convert import tokenizer_export
-from mogao_jax.data import documents, pipeline
+from mogao_jax.data import documents, hf_tokenizer, pipeline
 from mogao_jax.sample import engine, load, sampling
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import optimizer as optim_lib
@@ -60,7 +60,7 @@ def test_hf_tokenizer_json_is_copied_with_its_special_tokens(tmp_path):
       vocab_size=300, special_tokens=["<|pad|>", "<|bos|>", "<|eos|>", "<img>", "</img>"],
       initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
   bpe.train_from_iterator(["a red circle left of a blue square"] * 20 + TEXTS, trainer)
-  run_config = {"specials": {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}}
+  run_config = {hf_tokenizer.SPECIALS_KEY: {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}}
   tokenizer_export.write(str(tmp_path), bpe.to_str().encode(), json.dumps(run_config).encode())
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   assert (hf.bos_token, hf.eos_token, hf.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")

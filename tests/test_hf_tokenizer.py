@@ -16,7 +16,6 @@ from mogao_jax.data import encoding
 from mogao_jax.data import hf_tokenizer
 from mogao_jax.data import pipeline
 from mogao_jax.data import tokenizer as tokenizer_lib
-from mogao_jax.sample import sampling
 from tests import partskit
 from tests.configs import tiny_config
 
@@ -162,11 +161,11 @@ def test_startup_errors_name_the_file_and_key(qwen_dir, tmp_path):
 
 
 def test_emittable_ids(tok):
-  ok = sampling.emittable(tok, 512)
+  ok = tokenizer_lib.emittable(tok, 512)
   assert ok.shape == (512,) and not ok[tok.vocab_size:].any()  # padding rows of the embedding
   assert ok[tok.eos_id] and ok[tok.img_open_id] and ok[:470].all()
   others = [i for i in range(470, tok.vocab_size) if i not in (tok.eos_id, tok.img_open_id)]
   assert not ok[others].any()  # `</|vision_end|>`, `<|im_start|>`, `<tool_call>` ...
-  sp_ok = sampling.emittable(tokenizer_lib.train(128, ["a red circle", "a blue square"]), 160)
+  sp_ok = tokenizer_lib.emittable(tokenizer_lib.train(128, ["a red circle", "a blue square"]), 160)
   np.testing.assert_array_equal(np.flatnonzero(~sp_ok[:6]), [0, 1, 2, 5])  # pad unk bos </img>
   assert not sp_ok[128:].any()

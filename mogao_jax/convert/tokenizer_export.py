@@ -21,7 +21,10 @@ from sentencepiece import sentencepiece_model_pb2
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-JSON_FILE, CONFIG_FILE, SPM_FILE = "tokenizer.json", "tokenizer_config.json", "tokenizer.model"
+from mogao_jax.data import hf_tokenizer
+
+JSON_FILE, CONFIG_FILE = hf_tokenizer.JSON_FILE, hf_tokenizer.CONFIG_FILE
+SPM_FILE = "tokenizer.model"
 _NORMAL, _UNKNOWN, _CONTROL, _USER = 1, 2, 3, 4  # sentencepiece piece types
 _ROLES = ("pad", "unk", "bos", "eos")
 
@@ -91,8 +94,8 @@ def write(out_dir: str, main: bytes, config_bytes: bytes | None = None) -> list[
     with open(os.path.join(out_dir, JSON_FILE), "wb") as f:
       f.write(main)
     theirs = json.loads(config_bytes or b"{}")
-    roles = theirs.get("specials", {})  # the run's resolved roles (data/hf_tokenizer.py)
-    config |= {k: v for k, v in theirs.items() if k != "specials"}
+    roles = theirs.get(hf_tokenizer.SPECIALS_KEY, {})  # the run's resolved roles
+    config |= {k: v for k, v in theirs.items() if k != hf_tokenizer.SPECIALS_KEY}
     config |= {f"{r}_token": roles[r] for r in _ROLES if roles.get(r)}
     written = [JSON_FILE]
   else:

@@ -18,6 +18,7 @@ import numpy as np
 
 from mogao_jax.convert import tensors
 from mogao_jax.convert import vae as vae_convert
+from mogao_jax.data import tokenizer as tokenizer_lib
 
 _TORCH_MODEL = os.path.join(os.path.dirname(__file__), "torch_model.py")
 _TORCH_GENERATE = os.path.join(os.path.dirname(__file__), "torch_generate.py")
@@ -44,7 +45,8 @@ def export(params: dict, cfg, out_dir: str) -> list[str]:
 
 
 def generation_config(config, tok) -> dict:
-  """What torch_generate.py reads besides the weights: the run's special ids and image
+  """What torch_generate.py reads besides the weights: the run's special ids (and the ids the
+  sampler must never emit), image
   geometry (data.image_size / patch_size), and its codec (pixel patches, or the VAE's latents
   patchified data.latent_patch x latent_patch)."""
   d = config.data
@@ -56,7 +58,9 @@ def generation_config(config, tok) -> dict:
     side, latent_patch = d.image_size // (factor * d.latent_patch), d.latent_patch
   ids = {f"{k}_id": int(getattr(tok, f"{k}_id")) for k in
          ("pad", "bos", "eos", "img_open", "img_close")}
-  return dict(ids, codec=codec, image_size=d.image_size, patch_size=d.patch_size,
+  # The ids the JAX sampler never draws (tokenizer.emittable): the torch sampler masks the same.
+  blocked = np.flatnonzero(~tokenizer_lib.emittable(tok, config.model.vocab_size))
+  return dict(ids, blocked_ids=blocked.tolist(), codec=codec, image_size=d.image_size, patch_size=d.patch_size,
               latent_patch=latent_patch, latent_grid=[side, side],
               latent_dim=config.model.latent_dim)
 

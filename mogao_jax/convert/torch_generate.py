@@ -183,7 +183,7 @@ class Generator:
     b, vis_t = doc.batch()
     logits = self.model(b, vis_t)[0][0]
     last = int(np.nonzero(b["txt_kind"][0].numpy() == TXT)[0][-1])
-    return logits[last]
+    return logits[last].clone()
 
   def velocity(self, doc: Document, x_nD: torch.Tensor, t: float, guided: bool, g_img, g_txt):
     """The guided velocity of the next image's NVAE slots at latent x, time t."""
@@ -247,7 +247,9 @@ class Generator:
     if image:
       new_image()
     while budget > 0:
-      tok = int(torch.argmax(self.next_logits(doc)))
+      logits = self.next_logits(doc)
+      logits[self.g["blocked_ids"]] = -torch.inf  # as the JAX sampler: never an undecodable id
+      tok = int(torch.argmax(logits))
       budget -= 1
       if tok == g["eos_id"]:
         break

@@ -27,7 +27,7 @@ CONFIG_FILE = "tokenizer_config.json"
 ROLES = ("img_open", "img_close", "eos", "pad", "bos")
 _DEFAULTS = {"img_open": "<|vision_start|>", "img_close": "<|vision_end|>"}
 _FALLBACK = "<|endoftext|>"
-_SPECIALS_KEY = "mogao_special_tokens"
+SPECIALS_KEY = "mogao_special_tokens"
 _OVERRIDE_KEY = "config.data.tokenizer_specials"
 
 
@@ -75,7 +75,7 @@ class HFTokenizer:
       d = json.loads(json_bytes)
     except Exception as e:  # pylint: disable=broad-except  (the library's errors are bare)
       raise ValueError(f"{where}: not a Hugging Face tokenizer.json ({e})") from e
-    self.specials = json.loads(config_bytes)[_SPECIALS_KEY]
+    self.specials = json.loads(config_bytes)[SPECIALS_KEY]
     # User text is encoded by a copy without the added tokens: their strings in text then go
     # through the normal pipeline (byte-level BPE pieces) and can never become their ids.
     # `encode_special_tokens` alone would still match added tokens not flagged special
@@ -143,6 +143,6 @@ def read_files(path: str, overrides: dict[str, str], key: str) -> dict[str, byte
         hf_config = json.load(fh)
       except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path}: not JSON ({e})") from e
-  hf_config = dict(hf_config, **{_SPECIALS_KEY: resolve_specials(hf_config, overrides)})
+  hf_config = dict(hf_config, **{SPECIALS_KEY: resolve_specials(hf_config, overrides)})
   return {JSON_FILE: json_bytes,
           CONFIG_FILE: json.dumps(hf_config, indent=1, sort_keys=True).encode()}

@@ -249,3 +249,19 @@ def check_vocab(tokenizer, model_vocab_size: int, what: str = "tokenizer", *,
                      f"{imported} (config.init.text): not that model's tokenizer. Use its "
                      "tokenizer.json, or set config.data.tokenizer_relearn=True to learn the "
                      "embedding anew")
+
+
+def emittable(tokenizer, vocab_size: int) -> np.ndarray:
+  """bool [vocab_size]: the ids the sampler may emit, THE restriction of every sampling path
+  (generate, evaluate, the training hooks, the HTML report all sample through engine.Sampler;
+  the torch export's torch_generate.py reads it from generation.json):
+  the ids the tokenizer decodes to text (`plain_ids`) plus eos and the image-open delimiter.
+  Embedding rows past the tokenizer (Qwen2 pads 151,665 pieces to 151,936), reserved and other
+  special ids (bos, pad, unk, `</img>`, added tokens) are never drawn."""
+  ok = np.zeros(vocab_size, bool)
+  ids = np.asarray(tokenizer.plain_ids(), np.int64)
+  ok[ids[ids < vocab_size]] = True
+  for i in (tokenizer.eos_id, tokenizer.img_open_id):
+    if 0 <= i < vocab_size:
+      ok[i] = True
+  return ok

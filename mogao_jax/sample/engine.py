@@ -26,6 +26,7 @@ import numpy as np
 
 from mogao_jax.convert import vae as vae_convert
 from mogao_jax.data import documents
+from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data import images as images_lib
 from mogao_jax.data.batch import Kind
 from mogao_jax.model import codec as codec_lib
@@ -125,7 +126,7 @@ class Sampler:
     self.n_latent = self.codec.grid[0] * self.codec.grid[1]
     self.capacity, self.batch_size, self.seed = capacity, batch_size, seed
     self.dims = (self.cfg.patch_dim, self.cfg.latent_dim)
-    self._emittable = jnp.asarray(sampling.emittable(tokenizer, self.cfg.vocab_size))
+    self._emittable = jnp.asarray(tokenizer_lib.emittable(tokenizer, self.cfg.vocab_size))
     self._other = masks.parse_table(self.cfg.mask_other, "model.mask_other")
     self._same = masks.parse_table(self.cfg.mask_same, "model.mask_same")
     self._extend = jax.jit(self._extend_impl)

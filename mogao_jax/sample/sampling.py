@@ -59,21 +59,6 @@ def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
   return logits_BV
 
 
-def emittable(tokenizer, vocab_size: int) -> np.ndarray:
-  """bool [vocab_size]: the ids the sampler may emit, THE restriction of every sampling path
-  (generate, evaluate, the training hooks, the HTML report all sample through engine.Sampler):
-  the ids the tokenizer decodes to text (`plain_ids`) plus eos and the image-open delimiter.
-  Embedding rows past the tokenizer (Qwen2 pads 151,665 pieces to 151,936), reserved and other
-  special ids (bos, pad, unk, `</img>`, added tokens) are never drawn."""
-  ok = np.zeros(vocab_size, bool)
-  ids = np.asarray(tokenizer.plain_ids(), np.int64)
-  ok[ids[ids < vocab_size]] = True
-  for i in (tokenizer.eos_id, tokenizer.img_open_id):
-    if 0 <= i < vocab_size:
-      ok[i] = True
-  return ok
-
-
 def restrict(logits_BV, emittable_V):
   """Logits of ids outside `emittable_V` set to the dtype's minimum (never drawn)."""
   return jnp.where(emittable_V, logits_BV, jnp.finfo(logits_BV.dtype).min)
