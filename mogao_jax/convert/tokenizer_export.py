@@ -45,6 +45,18 @@ def bpe_merges(pieces: list[str], ranks: dict[str, int]) -> list[tuple[str, str]
   return [(a, b) for *_, a, b in sorted(merges)]
 
 
+def _chars_of(symbols: list[str]) -> str:
+  """A regex matching each character of any occurrence of `symbols`, one character a match
+  (fixed-length look-behind / look-ahead pin it inside the occurrence)."""
+  alts = []
+  for s in symbols:
+    for k, c in enumerate(s):
+      behind = f"(?<={re.escape(s[:k])})" if k else ""
+      ahead = f"(?={re.escape(s[k + 1:])})" if k + 1 < len(s) else ""
+      alts.append(behind + re.escape(c) + ahead)
+  return "|".join(alts)
+
+
 def from_sentencepiece(model_proto: bytes) -> tuple[tokenizers.Tokenizer, dict]:
   """(tokenizer, tokenizer_config) of a sentencepiece BPE model."""
   m = sentencepiece_model_pb2.ModelProto()
@@ -60,8 +72,9 @@ def from_sentencepiece(model_proto: bytes) -> tuple[tokenizers.Tokenizer, dict]:
                                         byte_fallback=m.trainer_spec.byte_fallback,
                                         ignore_merges=True))
   # The whole text is normalised at once, as sentencepiece does (added tokens would split it
-  # first and each piece would be trimmed and prefixed on its own): the user-defined pieces
-  # (<img>, </img>) are split out after normalisation and found whole in the BPE vocab.
+  # first and each piece would be trimmed and prefixed on its own). A user-defined piece (<img>,
+  # </img>) typed in text is the run's characters' pieces (data/tokenizer.py encode: user text
+  # never yields a delimiter id), so every character of such an occurrence is its own pre-token.
   norm = []
   if m.normalizer_spec.precompiled_charsmap:
     norm.append(normalizers.Precompiled(m.normalizer_spec.precompiled_charsmap))
@@ -72,7 +85,7 @@ def from_sentencepiece(model_proto: bytes) -> tuple[tokenizers.Tokenizer, dict]:
     norm.append(normalizers.Prepend("▁"))
   tok.normalizer = normalizers.Sequence(norm + [normalizers.Replace(" ", "▁")])
   user = [p.piece for p in m.pieces if p.type == _USER]
-  split = [pre_tokenizers.Split(tokenizers.Regex("|".join(map(re.escape, user))), "isolated")]
+  split = [pre_tokenizers.Split(tokenizers.Regex(_chars_of(user)), "isolated")]
   tok.pre_tokenizer = pre_tokenizers.Sequence(
       (split if user else []) + [pre_tokenizers.Metaspace("▁", prepend_scheme="never")])
   tok.decoder = decoders.Metaspace("▁", prepend_scheme="always" if
