@@ -101,7 +101,7 @@ def _base() -> ml_collections.ConfigDict:
   c.data.batch_size = 16  # global rows per step
   c.data.shuffle_buffer = 256
   c.data.num_workers = 0  # Grain worker processes; 0 = in the main process
-  c.data.read_threads = 2  # Grain threads making documents (to_iter_dataset ReadOptions)
+  c.data.read_threads = 2  # Grain threads making documents, split between the data shards
   # Data shards: independent streams, each a fixed block of rows of the global batch, so the
   # batches do not depend on the process count (0 = gcd(batch_size, 16); data/shards.py).
   c.data.num_shards = 0

@@ -75,6 +75,7 @@ def test_audit_record_passes_doctor_and_pipeline(config, audit_file, tmp_path):
   st = rep["stats"]
   assert st["docs_packed"] == 2 and st["issues"] == {"text/invalid_unicode": 1}
   c = check.with_source(config, f"jsonl:{audit_file}")
+  c.data.num_shards = 2  # one record each (the default 8 shards would leave 6 with none)
   tok = pipeline.make_tokenizer(c, str(tmp_path))
   it = pipeline.make_pipeline(c, tok)
   batch = next(it)

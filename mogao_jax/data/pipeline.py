@@ -225,9 +225,11 @@ def _shard_dataset(config, tokenizer, mix, split, shard, n, limit_docs, n_local)
   ds = transforms.apply_cond_dropout(ds, config, split, stream=shard)
   if limit_docs is not None:
     ds = ds[:limit_docs]
-  # The shards share the host: the read-ahead of the old single stream, split between them.
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.get("read_threads", 2),
-                                            prefetch_buffer_size=max(8, 64 // n_local)))
+  # The shards share the host: data.read_threads and the read-ahead of one stream, split
+  # between them (at least one thread and 8 documents each).
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(1, d.get("read_threads", 2) // n_local),
+      prefetch_buffer_size=max(8, 64 // n_local)))
   latent_patch, latent_dim = latents.vision_slots(d)
   vit_cap = batch_lib.config_vit_capacity(config)
   vis_cap = batch_lib.config_vis_capacity(config)
