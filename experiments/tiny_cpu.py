@@ -101,7 +101,10 @@ def _base() -> ml_collections.ConfigDict:
   c.data.batch_size = 16  # global rows per step
   c.data.shuffle_buffer = 256
   c.data.num_workers = 0  # Grain worker processes; 0 = in the main process
-  c.data.read_threads = 2  # Grain threads making documents (to_iter_dataset ReadOptions)
+  c.data.read_threads = 2  # Grain threads making documents, split between the data shards
+  # Data shards: independent streams, each a fixed block of rows of the global batch, so the
+  # batches do not depend on the process count (0 = gcd(batch_size, 16); data/shards.py).
+  c.data.num_shards = 0
   c.data.pack_open_rows = 4  # rows the two-stream first-fit packer keeps open at once
 
   # --- model: sizes of the text pathway; the vision pathway mirrors it.
@@ -205,6 +208,11 @@ def _base() -> ml_collections.ConfigDict:
   c.train.allow_config_change = False
   c.train.ema_decay = 0.0  # EMA of the weights, saved beside them (0 = off)
   c.train.sample_every = 0  # t2i sample grids to TensorBoard every N steps (0 = off)
+  c.train.sample_n = 4  # prompts per grid
+  c.train.sample_steps = 25  # ODE steps per sampled image
+  c.train.eval_every = 0  # the world eval's scores to TensorBoard every N steps (0 = off)
+  c.train.eval_n = 2  # held-out items per category
+  c.train.eval_kinds = ("t2i", "vqa")  # eval/prompts.py categories scored
   c.train.max_nan_skips = 5  # consecutive non-finite steps (each skipped) that stop the run
   c.train.debug_nan_steps = ()  # test hook: steps whose batch is poisoned with NaN
   # Microbatches per step (lax.scan inside the step; one optimizer update, loss normalised

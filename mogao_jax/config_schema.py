@@ -3,8 +3,11 @@
 ``validate(config)`` runs first in ``train()`` (and so before a dry run, the mesh, the data or any
 compile). It fails on a key that is missing, undeclared (a typo in a Python-built config), of the
 wrong type, non-finite, or out of range, naming the full key (``data.l_vis = 0: must be an int
->= 1``). Rules between keys (``optim.warmup_steps < train.steps``, batch divisibility, mesh
-sizes) stay beside the code that needs them, and run right after this, still before any work.
+>= 1``). Rules between keys that need nothing but the config (``optim.warmup_steps <
+train.steps``, ``dist.process_id < dist.num_processes``, image size vs ``model.vit_grid``) are
+``cross_problems``, run by ``validate``; those that need files or libraries (batch
+divisibility, mesh sizes, data specs, a VAE's config.json) stay beside their code and run right
+after this, still before any work, as the same one-line ``ConfigError``.
 
 A new key goes here or the trainer refuses it (``tests/test_config_schema.py`` also sets every
 numeric key of every experiment config out of its range and expects the error to name it).
@@ -21,6 +24,10 @@ from typing import Any
 import ml_collections
 
 _SEED_MAX = 2**31 - 1  # seeds feed numpy / Grain / jax.random, all fine with int32
+# train.steps' bound: 1e8 is ~80x the longest published LLM pretraining (~1.2M steps), so no
+# real run nears it, and 20x below where the int32 step counters (TrainState.step, optax's
+# schedule count) overflow; a typo'd 1e12 is refused instead of "training" forever.
+STEPS_MAX = 100_000_000
 
 
 class ConfigError(ValueError):
@@ -164,6 +171,8 @@ SCHEMA: dict[str, Key] = {
     "data.num_workers": _int(0, optional=True),
     "data.read_threads": _pos(optional=True),
     "data.pack_open_rows": _pos(),
+    # data shards (data/shards.py): 0 = gcd(batch_size, 16); a multiple of the process count
+    "data.num_shards": _int(0, optional=True),
     # --- model (model/config.py adds the rules between keys)
     "model.vocab_size": _pos(),
     "model.width": _pos(),
@@ -212,7 +221,7 @@ SCHEMA: dict[str, Key] = {
     "loss.image_weight": _float(0.0),
     # --- optimizer
     "optim.lr": _POSITIVE,
-    "optim.warmup_steps": _int(0),  # and < train.steps (train/optimizer.py)
+    "optim.warmup_steps": _int(0),  # and < train.steps (cross_problems)
     "optim.min_lr_ratio": _PROB,
     "optim.weight_decay": _float(0.0),
     "optim.b1": _float(0.0, 1.0, hi_open=True),
@@ -220,7 +229,7 @@ SCHEMA: dict[str, Key] = {
     "optim.clip_norm": _float(0.0, optional=True, nullable=True),  # 0 / None = no clipping
     "optim.eps": _float(0.0, lo_open=True, optional=True),
     # --- the loop
-    "train.steps": _pos(),
+    "train.steps": _int(1, STEPS_MAX),
     "train.log_every": _pos(),
     "train.ckpt_every": _pos(),
     "train.keep_checkpoints": _int(0),
@@ -282,12 +291,51 @@ def problems(config, prefix: str = "", partial: bool = False) -> list[str]:
   return out
 
 
+def _get(config, key: str, default=None):
+  section, _, name = key.partition(".")
+  return config[section].get(name, default) if section in config else default
+
+
+def cross_problems(config) -> list[str]:
+  """The rules between keys that need no file or library (each names its keys); run by
+  validate once every key is of the right type. Rules that read files (data.source specs,
+  data.vae's config.json) run in train/loop.py's validate, also before any data or compile."""
+  out = []
+  steps, warmup = _get(config, "train.steps"), _get(config, "optim.warmup_steps")
+  if steps is not None and warmup is not None and warmup >= steps:
+    out.append(f"optim.warmup_steps = {warmup}: must be < train.steps = {steps}")
+  n, pid = _get(config, "dist.num_processes", 1), _get(config, "dist.process_id", 0)
+  if pid >= n:
+    out.append(f"dist.process_id = {pid}: must be < dist.num_processes = {n}")
+  out.extend(_vit_grid_problems(config))
+  return out
+
+
+def _vit_grid_problems(config) -> list[str]:
+  """An image side has at most model.vit_grid patches (of data.patch_size pixels): the VIT's
+  position table is vit_grid x vit_grid and model/vit.py's grid_index clips larger positions
+  to its last row / column, so every patch past it would share one position."""
+  grid, p = _get(config, "model.vit_grid"), _get(config, "data.patch_size")
+  # Only the tiny ViT for now: the SigLIP scale configs (experiments/mogao_*.py) show 16 / 32
+  # patches per side to a 14 / 27 grid, the same clipping; their fix changes their shapes.
+  if grid is None or p is None or _get(config, "model.vit", "tiny") != "tiny":
+    return []
+  side = _get(config, "data.image_size")
+  if side is None or side // p <= grid:
+    return []
+  return [f"model.vit_grid = {grid}: data.image_size = {side} px is {side // p} patches of "
+          f"data.patch_size = {p} per side, more than the VIT position table's {grid}"]
+
+
 def validate(config, prefix: str = "", partial: bool = False) -> None:
   """Raises ValueError naming every bad key (all at once, so one round of fixes is enough)."""
   bad = problems(config, prefix, partial)
+  if not bad and not prefix and not partial:
+    bad = cross_problems(config)
   if bad:
-    raise ConfigError("bad config value" + ("s" if len(bad) > 1 else "") + ":\n  "
-                     + "\n  ".join(bad))
+    if len(bad) == 1:  # the common case: one line, as the entry point prints it
+      raise ConfigError(f"bad config value: {bad[0]}")
+    raise ConfigError("bad config values:\n  " + "\n  ".join(bad))
 
 
 def out_of_range(key: str) -> list[Any]:

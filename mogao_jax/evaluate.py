@@ -31,6 +31,7 @@ from mogao_jax.train import restore
 
 def define_flags() -> None:
   options.define()
+  flags.adopt_module_key_flags(options)  # --help lists the shared flags (--workdir, --steps...)
   flags.DEFINE_integer("n_per_category", 4, "held-out items per category of every kind")
   flags.DEFINE_bool("ground-truth", False, "score the world's own outputs (scorer check)")
   flags.DEFINE_string("out", None, "output directory (default WORKDIR/eval/step_<N>, or "

@@ -21,6 +21,7 @@ from mogao_jax.train import restore
 
 def define_flags() -> None:
   options.define()
+  flags.adopt_module_key_flags(options)  # --help lists the shared flags (--workdir, --steps...)
   flags.DEFINE_string("prompt", "", "text prompt")
   flags.DEFINE_string("image", None, "optional context image (PNG/JPEG; resized to "
                       "data.image_size) placed before the prompt, e.g. to edit it")

@@ -1,7 +1,7 @@
 """One process of the multi-process data check (tests/test_multiprocess.py).
 
 python tests/mp_data_worker.py PROCESS_ID NUM_PROCESSES COORDINATOR SOURCE_SPEC OUT_DIR
-Under jax.distributed, reads this process's shard of SOURCE_SPEC (one pass over its document
+Under jax.distributed, reads this process's data shards of SOURCE_SPEC (one pass over its document
 ids) and assembles two global batches with the trainer's make_array_from_process_local_data;
 writes OUT_DIR/ids_<process>.json and, on process 0, the global batch shapes.
 """
@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from mogao_jax.data import pipeline  # noqa: E402
 from mogao_jax.data import records  # noqa: E402
+from mogao_jax.data import shards  # noqa: E402
 from mogao_jax.data.sources import specs as specs_lib  # noqa: E402
 from mogao_jax.train import loop  # noqa: E402
 from tests.configs import tiny_config  # noqa: E402
@@ -30,10 +31,13 @@ from tests.configs import tiny_config  # noqa: E402
 config = tiny_config()
 config.data.source = spec
 me, n = jax.process_index(), jax.process_count()
-docs = pipeline.mixed_documents(config, process_index=me, process_count=n)
 n_records = len(specs_lib.open_source(specs_lib.mixture(config.data)[0]))
-shard_len = len(range(me, n_records, n))  # the stream repeats: one epoch = the shard's records
-ids = [docs[i].meta.get(records.ID) for i in range(shard_len)]
+n_shards = shards.num_shards(config.data)
+ids = []
+for s in shards.process_shards(config.data, me, n):
+  docs = pipeline.mixed_documents(config, shard=s, num_shards=n_shards)
+  shard_len = len(range(s, n_records, n_shards))  # the stream repeats: one epoch = its records
+  ids += [docs[i].meta.get(records.ID) for i in range(shard_len)]
 with open(os.path.join(out, f"ids_{me}.json"), "w") as f:
   json.dump(ids, f)
 

@@ -50,7 +50,7 @@ def test_round_trip(config, tmp_path):
   got, got_data = ckpt.restore(7, abstract, config)
   ckpt.close()
   _assert_equal(got, state)
-  assert got_data == data_state
+  assert got_data == [data_state]  # every process's, in process order
   assert got.params["kernel"].sharding == shardings.params["kernel"]
 
 
@@ -105,7 +105,7 @@ def test_unfinished_save_is_never_picked(config, tmp_path):
   with ckpt_lib.Checkpointer(str(tmp_path), config) as ckpt:
     assert ckpt.all_steps() == [1]
     step, state, data = ckpt.restore_latest(abstract, config)
-  assert (step, int(state.step), data) == (1, 7, {"at": 1})
+  assert (step, int(state.step), data) == (1, 7, [{"at": 1}])
   assert not (root / "2.orbax-checkpoint-tmp-1234").exists()  # cleaned up at start
 
 
@@ -124,7 +124,7 @@ def test_damaged_checkpoint_falls_back(config, tmp_path, damage):
     ckpt.sync_tokenizer(str(tmp_path))
     step, state, data = ckpt.restore_latest(abstract, config)
     assert ckpt.all_steps() == [1]
-  assert (step, int(state.step), data) == (1, 7, {"at": 1})
+  assert (step, int(state.step), data) == (1, 7, [{"at": 1}])
   if damage == "truncated":
     assert [p.name.startswith("unreadable-2-") for p in root.iterdir()].count(True) == 1
     assert tok.read_bytes() in (b"tok1", b"tok2")  # step 2's tokenizer item is intact

@@ -52,7 +52,7 @@ def test_restore_onto_other_mesh_and_device_count(config, tmp_path):
   with ckpt_lib.Checkpointer(str(tmp_path), other) as ckpt:
     step, got, data = ckpt.restore_latest(
         ckpt_lib.abstract_with_shardings(target, shardings), other)
-  assert (step, data) == (3, {"pos": 3})
+  assert (step, data) == (3, [{"pos": 3}])
   leaves = jax.tree_util.tree_leaves_with_path(got)
   assert all(len(x.sharding.device_set) == 4 for _, x in leaves)
   assert q(got).sharding == q(shardings) and q(got).sharding.spec[2] == "tensor"

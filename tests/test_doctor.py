@@ -47,6 +47,14 @@ def test_report_counts_every_bad_input_with_its_example(config, corpus, workdir)
   assert "repairs (data kept)" in text
 
 
+def test_limit_beyond_the_file_reads_it_once(config, corpus, workdir):
+  n = len(jsonl.JsonlSource(corpus))
+  rep = check.run(config, source=f"jsonl:{corpus}?name=web", limit=2000, workdir=workdir)
+  st = rep["stats"]
+  assert rep["limit"] == n and check.docs_read(st) == n  # no second pass over the file
+  assert all(st["issues"][reason] == 1 for reason in synthetic.BAD.values())
+
+
 def test_world_and_limit(config, workdir):
   rep = check.run(config, limit=40, workdir=workdir)
   st = rep["stats"]

@@ -299,6 +299,7 @@ def test_pipeline_trains_on_precomputed_latents(config, world, one_shard, tmp_pa
   from mogao_jax.data import batch as batch_lib, pipeline  # pylint: disable=g-import-not-at-top
   root = world[0].split("images=")[1]
   c = _latent_config(config, one_shard[0], root)
+  c.data.num_shards = 1  # 7 records: too few for the default 8 data shards
   tok = pipeline.make_tokenizer(c, str(tmp_path))
   it = pipeline.make_pipeline(c, tok)
   b = next(it)

@@ -56,10 +56,9 @@ def test_state_roundtrip_in_fresh_pipeline(config, tok):
   _assert_same(_take(fresh, 2), expected)
 
 
-def test_processes_read_disjoint_documents(config, tok):
+def test_data_shards_read_disjoint_documents(config, tok):
   (world,) = specs.mixture(config.data)
-  shards = [pipeline.source_documents(config, world, 0, process_index=p, process_count=2)
-            for p in range(2)]
+  shards = [pipeline.source_documents(config, world, 0, shard=s, num_shards=2) for s in range(2)]
   firsts = [{shard[i].meta["world_index"] for i in range(200)} for shard in shards]
   assert all(len(f) == 200 for f in firsts)
   assert not firsts[0] & firsts[1]
@@ -67,6 +66,44 @@ def test_processes_read_disjoint_documents(config, tok):
             for p in range(2))
   assert b0["txt_token"].shape[0] == config.data.batch_size // 2
   assert not np.array_equal(b0["txt_token"], b1["txt_token"])
+
+
+def _global_batches(config, tok, n_proc, n, states=None):
+  """n global batches as n_proc processes would build them (their local batches in process
+  order); states: every process's saved state (a checkpoint's list) to resume from."""
+  its = [pipeline.make_pipeline(config, tok, process_index=p, process_count=n_proc)
+         for p in range(n_proc)]
+  for it in its:
+    if states is not None:
+      it.set_state([pipeline.state_from_json(s) for s in states])
+  out = [{k: np.concatenate([b[k] for b in bs]) for k in bs[0]}
+         for bs in ([next(it) for it in its] for _ in range(n))]
+  return out, [pipeline.state_to_json(it.get_state()) for it in its], its
+
+
+def test_global_batches_do_not_depend_on_the_process_count(config, tok):
+  """Issue 31 item 4: 1, 2 or 4 processes read the same global batches (4 data shards of 2
+  rows), the global counters agree, and a position saved by 2 processes resumes on 1 or 4."""
+  config.data.num_shards = 4
+  one, _, its1 = _global_batches(config, tok, 1, 3)
+  for n_proc in (2, 4):
+    many, _, its = _global_batches(config, tok, n_proc, 3)
+    _assert_same(many, one)
+    merged = pipeline.data_metrics(its[0], lambda st: [pipeline.packing_stats(it) for it in its])
+    assert merged == pipeline.data_metrics(its1[0])
+  _, saved, _ = _global_batches(config, tok, 2, 2)
+  for n_proc in (1, 4):
+    resumed, _, _ = _global_batches(config, tok, n_proc, 1, states=saved)
+    _assert_same(resumed, one[2:])
+  config.data.num_shards = 2
+  with pytest.raises(ValueError, match="num_shards"):
+    pipeline.make_pipeline(config, tok).set_state(pipeline.state_from_json(saved[0]))
+  config.data.num_shards = 3
+  with pytest.raises(ValueError, match="config.data.num_shards=3 must divide"):
+    pipeline.make_pipeline(config, tok)
+  config.data.num_shards = 2
+  with pytest.raises(ValueError, match="not a multiple of the process count 4"):
+    pipeline.make_pipeline(config, tok, process_index=0, process_count=4)
 
 
 def test_config_errors_name_the_key(config, tok, tmp_path):

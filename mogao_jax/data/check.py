@@ -3,8 +3,8 @@
   python -m mogao_jax.data.check --config experiments/tiny_cpu.py \\
       [--source 'jsonl:/data/docs.jsonl?images=/data/img'] [--limit 1000] [--config.data.x=...]
 
-Reads the first `--limit` documents (0 = as many as the file sources have records: one pass
-over a single source; the world is infinite, so then 1000) through the training graph
+Reads the first `--limit` documents (0, or more than the file sources have records: as many as
+they have, one pass over a single source; the world is infinite, so then 1000) through the training graph
 (pipeline.make_dataset with limit_docs: process 0 of 1, the config's mixture, buckets, row
 capacities, workers; the open rows are flushed at the end), and prints: the sources
 (records, weight), documents read per source, documents packed, rows, packing efficiency per
@@ -68,8 +68,10 @@ def run(config, *, source: str | None = None, limit: int = 1000,
   for s in mix:
     n = None if s.kind == "world" else len(specs_lib.open_source(s))
     sources.append({"name": s.name, "spec": s.text, "weight": s.weight, "records": n})
-  if limit <= 0:
-    limit = _default_limit(mix)
+  one_pass = _default_limit(mix)
+  if limit <= 0 or not any(s.kind == "world" for s in mix):
+    # Files are read once: a larger limit would loop over them, counting each issue again.
+    limit = one_pass if limit <= 0 else min(limit, one_pass)
   with tempfile.TemporaryDirectory() as tmp:
     tok = pipeline.make_tokenizer(config, workdir or tmp)
     it = iter(pipeline.make_dataset(config, tok, limit_docs=limit))

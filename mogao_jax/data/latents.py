@@ -136,6 +136,9 @@ def check_config(config) -> None:
     raise ValueError(f"config.data.latents={mode!r}: want one of {MODES}")
   if mode == "pixels":
     return
+  if mode == "encode" and vae_keys(d) is None:  # first: the rest follows from the VAE
+    raise ValueError("config.data.latents='encode' needs config.data.vae (a diffusers "
+                     "AutoencoderKL directory)")
   p, c = d.get("latent_patch", 0), d.get("latent_channels", 0)
   if p <= 0 or c <= 0:
     raise ValueError(f"config.data.latents={mode!r} needs config.data.latent_patch and "

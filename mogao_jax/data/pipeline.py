@@ -1,22 +1,24 @@
-"""The Grain graph, one for every source: documents -> shard by process -> shuffle -> ECTF ->
-pack -> batch. Per source k of the mixture (the spec syntax is in data/sources/specs.py; the
-default is the built-in world alone):
+"""The Grain graph, one for every source: documents -> shard -> shuffle -> ECTF -> pack ->
+batch. The global batch is config.data.num_shards data shards (data/shards.py: fixed row
+blocks, each an independent stream), so the stream does not depend on the process count; a
+process builds the shards of its rows. Per data shard s of S and source k of the mixture (the
+spec syntax is in data/sources/specs.py; the default is the built-in world alone):
 
-  world:  MapDataset.range(N) -> [process_index::process_count] -> shuffle(seed_k)
+  world:  MapDataset.range(N) -> [s::S] -> shuffle(seed_k)
           -> map(make document i: a pure function of (config.seed, split, i); no files)
-  files:  MapDataset.source(records) -> [process_index::process_count] -> shuffle(seed_k)
+  files:  MapDataset.source(records) -> [s::S] -> shuffle(seed_k)
           -> map(records.to_document: decode, validate, resize to a bucket; issues travel with it)
   -> repeat
 
 then MapDataset.mix(sources, weights) (one source: itself) -> condition dropout ->
 to_iter_dataset -> map(tokenise + ECTF, truncating a document longer than a row at a text
-boundary) -> PackIterDataset -> batch -> state guard.
-Every source is sharded BEFORE its shuffle, so each process reads a disjoint, fixed part of it
-(union = the source) and an epoch of a process is a permutation of its shard (reshuffled each
-epoch). Mixing is Grain's deterministic proportional interleave, so the whole per-process
-stream is a pure function of (config, process_index, process_count) and its state is the
-packer's replay window over one index. The guard adds the mixture and the process index/count
-to the state and refuses a state made by another (see `_StateGuard`).
+boundary) -> PackIterDataset -> batch(B / S); the owned shards' batches are concatenated
+(shards.ShardZip). Every source is split BEFORE its shuffle, so each shard reads a disjoint,
+fixed part of it (union = the source) and an epoch of a shard is a permutation of its part
+(reshuffled each epoch). Mixing is Grain's deterministic proportional interleave, so each
+shard's stream is a pure function of (config, s, S) and its state is the packer's replay
+window over one index. The state is {shard: state} plus the mixture, split and S; a state
+made for other sources or another S is refused (shards.ShardZipIterator).
 
 The iterator state is plain JSON (`state_to_json` / `state_from_json`), for the checkpoint.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any
+from typing import Any, Callable
 
 from absl import flags
 import grain
@@ -37,8 +39,10 @@ from mogao_jax.data import latents
 from mogao_jax.data import encoding
 from mogao_jax.data import packing
 from mogao_jax.data import records
+from mogao_jax.data import shards as shards_lib
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data import transforms
+from mogao_jax.data.sources import jsonl
 from mogao_jax.data.sources import specs as specs_lib
 from mogao_jax.data.sources import world
 
@@ -73,13 +77,23 @@ def make_tokenizer(config, workdir: str):
   return tok
 
 
-def _check(config, mix, process_index: int, process_count: int) -> int:
+def check_config(config) -> None:
+  """The data keys against each other, the model and the files (every data.source glob
+  matches a file); raises ValueError naming the key. Reads no record."""
+  mix = specs_lib.mixture(config.data)
+  _check(config, mix)
+  for s in mix:
+    if s.kind in ("jsonl", "arrayrecord"):
+      try:
+        jsonl.expand(s.target)
+      except FileNotFoundError as e:
+        key = "sources" if config.data.get("sources") else "source"
+        raise ValueError(f"config.data.{key}: source {s.text!r}: {e}") from None
+
+
+def _check(config, mix) -> None:
   d = config.data
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
-  if d.batch_size % process_count:
-    raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the "
-                     f"process count {process_count}")
+  shards_lib.num_shards(d)
   if d.image_size % d.patch_size:
     raise ValueError(f"config.data.image_size={d.image_size} is not divisible by "
                      f"config.data.patch_size={d.patch_size}")
@@ -101,7 +115,6 @@ def _check(config, mix, process_index: int, process_count: int) -> int:
     if "model" in config and config.model.get(key, patch_dim) != patch_dim:
       raise ValueError(f"config.model.{key}={config.model[key]} but config.data.patch_size="
                        f"{d.patch_size} gives pixel patches of {patch_dim}")
-  return d.batch_size // process_count
 
 
 def _world_doc(index, *, seed, image_size, doc_weights, source, **kwargs):
@@ -147,36 +160,36 @@ def _shuffle_seed(config, split: str, k: int) -> int:
 
 
 def source_documents(config, spec: specs_lib.Spec, k: int, *, split: str = "train",
-                     process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """Source k of the mixture as this process's infinite MapDataset of Documents: its shard
-  (records process_index::process_count), shuffled, reshuffled every epoch."""
+                     shard: int = 0, num_shards: int = 1) -> grain.MapDataset:
+  """Source k of the mixture as data shard `shard`'s infinite MapDataset of Documents: its
+  records shard::num_shards, shuffled, reshuffled every epoch (repeat=False: one pass)."""
   if split not in _SPLITS:
     raise ValueError(f"unknown split {split!r}; known: {sorted(_SPLITS)}")
   d = config.data
   seed = _shuffle_seed(config, split, k)
   if spec.kind == "world":
-    ds = grain.MapDataset.range(_NUM_INDICES)[process_index::process_count].shuffle(seed=seed)
+    ds = grain.MapDataset.range(_NUM_INDICES)[shard::num_shards].shuffle(seed=seed)
     return ds.map(functools.partial(
         _world_doc, seed=[config.seed, _SPLITS[split]], image_size=d.image_size,
         doc_weights=dict(d.doc_weights), source=spec.name, **_world_kwargs(d, split))).repeat()
   src = specs_lib.open_source(spec)
-  ds = grain.MapDataset.source(_Reads(src))[process_index::process_count]
+  ds = grain.MapDataset.source(_Reads(src))[shard::num_shards]
   if len(ds) == 0:
-    raise ValueError(f"source {spec.describe()}: {len(src)} records, so process "
-                     f"{process_index} of {process_count} gets none; every process needs at "
-                     "least one record of every source")
+    raise ValueError(f"source {spec.describe()}: {len(src)} records, so data shard {shard} of "
+                     f"{num_shards} gets none; every data shard needs at least one record of "
+                     "every source (lower config.data.num_shards)")
   ds = ds.shuffle(seed=seed).repeat()
   return ds.map(functools.partial(_to_document, image_root=src.image_root, source=spec.name,
                                   resolution=records.Resolution.from_config(d)))
 
 
-def mixed_documents(config, mix=None, *, split: str = "train", process_index: int = 0,
-                    process_count: int = 1) -> grain.MapDataset:
-  """This process's Documents of the whole mixture (``mix``: specs_lib.mixture(config.data),
-  parsed by the caller)."""
+def mixed_documents(config, mix=None, *, split: str = "train", shard: int = 0,
+                    num_shards: int = 1) -> grain.MapDataset:
+  """Data shard `shard`'s Documents of the whole mixture (``mix``:
+  specs_lib.mixture(config.data), parsed by the caller)."""
   mix = specs_lib.mixture(config.data) if mix is None else mix
-  parts = [source_documents(config, s, k, split=split, process_index=process_index,
-                            process_count=process_count) for k, s in enumerate(mix)]
+  parts = [source_documents(config, s, k, split=split, shard=shard, num_shards=num_shards)
+           for k, s in enumerate(mix)]
   if len(parts) == 1:
     return parts[0]
   return grain.MapDataset.mix(parts, weights=[s.weight for s in mix])
@@ -190,21 +203,40 @@ def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_d
 
 
 def make_dataset(config, tokenizer, *, split: str = "train", process_index: int = 0,
-                 process_count: int = 1, limit_docs: int | None = None) -> grain.IterDataset:
-  """The per-process dataset of packed batches (see module docstring).
+                 process_count: int = 1, shards: list[int] | None = None,
+                 limit_docs: int | None = None) -> grain.IterDataset:
+  """The per-process dataset of packed batches (see module docstring): the data shards
+  `shards` (default: the process_index-th of process_count equal blocks of the global batch),
+  each a stream of config.data.batch_size // num_shards rows, concatenated in that order.
 
-  `limit_docs` (the dataset doctor's): only the first N documents of the stream, the last
-  batch possibly short."""
+  `limit_docs` (the dataset doctor's): one stream (a single shard) of only the first N
+  documents, the last batch possibly short."""
   d = config.data
   mix = specs_lib.mixture(d)  # the one parse of the spec; everything below takes `mix`
-  local_batch = _check(config, mix, process_index, process_count)
-  ds = mixed_documents(config, mix, split=split, process_index=process_index,
-                       process_count=process_count)
-  ds = transforms.apply_cond_dropout(ds, config, split)
+  _check(config, mix)
+  n = 1 if limit_docs is not None else shards_lib.num_shards(d)
+  if limit_docs is not None:
+    shards = [0]
+  elif shards is None:
+    shards = shards_lib.process_shards(d, process_index, process_count)
+  parts = [_shard_dataset(config, tokenizer, mix, split, s, n, limit_docs, len(shards))
+           for s in shards]
+  header = {"split": split, "num_shards": n, "sources": [[m.name, m.text, m.weight] for m in mix]}
+  return shards_lib.ShardZip(parts, shards, header)
+
+
+def _shard_dataset(config, tokenizer, mix, split, shard, n, limit_docs, n_local):
+  """Data shard `shard` of `n`: documents -> dropout -> encode -> pack -> batches of B / n."""
+  d = config.data
+  ds = mixed_documents(config, mix, split=split, shard=shard, num_shards=n)
+  ds = transforms.apply_cond_dropout(ds, config, split, stream=shard)
   if limit_docs is not None:
     ds = ds[:limit_docs]
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.get("read_threads", 2),
-                                            prefetch_buffer_size=64))
+  # The shards share the host: data.read_threads and the read-ahead of one stream, split
+  # between them (at least one thread and 8 documents each).
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(1, d.get("read_threads", 2) // n_local),
+      prefetch_buffer_size=max(8, 64 // n_local)))
   latent_patch, latent_dim = latents.vision_slots(d)
   vit_cap = batch_lib.config_vit_capacity(config)
   vis_cap = batch_lib.config_vis_capacity(config)
@@ -219,8 +251,7 @@ def make_dataset(config, tokenizer, *, split: str = "train", process_index: int 
                                vit_images=vit_cap, vis_images=vis_cap,
                                vis_pixels=grid and (latents.vision_images(d.l_vis, grid),
                                                     d.image_size, d.image_size))
-  ds = ds.batch(local_batch, drop_remainder=limit_docs is None)
-  return _StateGuard(ds, _state_header(mix, split, process_index, process_count))
+  return ds.batch(d.batch_size // n, drop_remainder=limit_docs is None)
 
 
 def _maybe_workers(ds: grain.IterDataset, d) -> grain.IterDataset:
@@ -232,101 +263,40 @@ def _maybe_workers(ds: grain.IterDataset, d) -> grain.IterDataset:
   return ds
 
 
-def _state_header(mix, split, process_index, process_count) -> dict[str, Any]:
-  return {"split": split, "process_index": process_index, "process_count": process_count,
-          "sources": [[s.name, s.text, s.weight] for s in mix]}
-
-
-class _StateGuard(grain.IterDataset):
-  """Adds what the state is only valid for (the mixture, the split, this process's index of
-  the process count) to the iterator state, and refuses a state made for something else with
-  an error naming both: a mixture's per-process position (and the packer's replay window)
-  means nothing for another shard, and replaying other documents into the saved open rows
-  would overflow them."""
-
-  def __init__(self, parent: grain.IterDataset, header: dict[str, Any]):
-    super().__init__(parent)
-    self._header = header
-
-  def __iter__(self):
-    return _StateGuardIterator(self._parent.__iter__(), self._header)
-
-  def __str__(self) -> str:
-    return f"_StateGuard({self._header})"
-
-
-class _StateGuardIterator(grain.DatasetIterator):
-
-  def __init__(self, parent: grain.DatasetIterator, header: dict[str, Any]):
-    super().__init__(parent)
-    self._header = header
-
-  def __next__(self):
-    return next(self._parent)
-
-  def get_state(self) -> dict[str, Any]:
-    return {"pipeline": self._header, "iterator": self._parent.get_state()}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    saved = state.get("pipeline") if isinstance(state, dict) else None
-    if saved is None and [s[0] for s in self._header["sources"]] == ["world"]:
-      # A world-only run saved before the world joined the mixture graph: its iterator state
-      # is this graph's inner state (the same Grain nodes), so it resumes as it was.
-      self._parent.set_state(state)
-      return
-    if saved is None:
-      raise ValueError("data iterator state was saved by an older pipeline (before the world"
-                       " became a source of the mixture graph), but this run reads "
-                       f"{self._header['sources']}; the data position cannot be carried over"
-                       " (use a fresh workdir or init.params_from)")
-    ours = self._header
-    if (saved["process_index"], saved["process_count"]) != (ours["process_index"],
-                                                            ours["process_count"]):
-      raise ValueError(
-          f"data iterator state was saved by process {saved['process_index']} of "
-          f"{saved['process_count']} processes, but this is process {ours['process_index']} of "
-          f"{ours['process_count']}: each process reads its own shard of every source, so a "
-          "position cannot move to another process count; resume with "
-          f"{saved['process_count']} processes (or start the data afresh in a new workdir with "
-          "init.params_from)")
-    for key in ("sources", "split"):
-      a, b = _norm(saved[key]), _norm(ours[key])
-      if a != b:
-        raise ValueError(f"data iterator state was saved for {key} {a}, but this run has {b}; "
-                         "a mixture's position is only valid for the same sources and weights "
-                         "(use a fresh workdir, or init.params_from to keep the weights)")
-    self._parent.set_state(state["iterator"])
-
-
-def _norm(x):
-  return json.loads(json.dumps(x))
-
-
 def make_pipeline(config, tokenizer, *, split: str = "train", process_index: int = 0,
-                  process_count: int = 1) -> grain.DatasetIterator:
+                  process_count: int = 1, shards: list[int] | None = None
+                  ) -> grain.DatasetIterator:
   """Iterator of per-process numpy batches: dicts per batch.row_spec with a leading
-  config.data.batch_size // process_count dimension."""
+  dimension of len(shards) * config.data.batch_size // num_shards rows (shards: as in
+  make_dataset; the trainer passes shards_lib.shards_of_rows of its devices' rows)."""
   return iter(make_dataset(config, tokenizer, split=split, process_index=process_index,
-                           process_count=process_count))
+                           process_count=process_count, shards=shards))
 
 
-def packing_stats(iterator: grain.DatasetIterator) -> dict[str, Any]:
-  """The packer's counters (docs packed/dropped, rows) and efficiency per stream."""
-  todo = [iterator]
-  while todo:
-    it = todo.pop()
-    if isinstance(it, packing.PackDatasetIterator):
-      return {**it.packer.stats, "efficiency": it.packer.efficiency()}
-    todo.extend(getattr(it, "_parents", ()))
-  raise ValueError("iterator has no PackDatasetIterator in its graph")
+def packing_stats(iterator: grain.DatasetIterator,
+                  gather: Callable[[Any], list[Any]] | None = None) -> dict[str, Any]:
+  """The packers' counters (docs packed/dropped, rows; summed over this process's data
+  shards, and over every process with `gather`, a JSON all-gather) and efficiency per
+  stream."""
+  packers = [it.packer for it in shards_lib.find_all(iterator, packing.PackDatasetIterator)]
+  if not packers:
+    raise ValueError("iterator has no PackDatasetIterator in its graph")
+  st = shards_lib.merge_stats([p.stats for p in packers])
+  if gather is not None:
+    st = shards_lib.merge_stats(gather(st))
+  rows = max(st["rows"], 1)
+  return {**st, "efficiency": {"txt": st["txt_real"] / (rows * packers[0].l_txt),
+                               "vis": st["vis_real"] / (rows * packers[0].l_vis)}}
 
 
-def data_metrics(iterator: grain.DatasetIterator) -> dict[str, float]:
-  """The packer's counters as flat metrics (cumulative over the run, restored with the data
+def data_metrics(iterator: grain.DatasetIterator,
+                 gather: Callable[[Any], list[Any]] | None = None) -> dict[str, float]:
+  """The packers' counters as flat metrics (cumulative over the run, restored with the data
   state): data/docs_read, docs_packed, dropped_oversize, dropped_empty, rows, eff_txt,
   eff_vis, data/source_docs/<name>, data/source_packed/<name> (the plain world is "world"),
-  data/issues/<reason>. This process's shard only (process 0's is what gets logged)."""
-  st = packing_stats(iterator)
+  data/issues/<reason>. Global with `gather` (every process must call it then); else this
+  process's data shards only."""
+  st = packing_stats(iterator, gather)
   out = {f"data/{k}": float(st[k]) for k in ("docs_packed", "dropped_oversize", "dropped_empty",
                                               "rows")}
   read = st.get("source_docs") or {}

@@ -59,6 +59,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from typing import Any
 
 import msgpack
@@ -183,15 +184,28 @@ def _unusable(issues, source, rid=None, meta=None) -> documents.Document:
   return documents.Document((), meta=m)
 
 
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte (surrogateescape)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _fix_text(s: str, where: str, issues: list) -> str:
-  """Repairs lone surrogates (undecodable UTF-8 bytes smuggled through surrogateescape)."""
+  """Valid Unicode for the tokenizer, whatever the record held: a surrogate PAIR (two code
+  points, as some JSON / msgpack writers leave them) becomes its character; an undecodable
+  byte smuggled through surrogateescape (U+DC80-U+DCFF) is "text/invalid_utf8"; any other lone
+  surrogate "text/invalid_unicode"; both become U+FFFD. (A Python str holds no other invalid
+  code point: every value outside U+D800-U+DFFF encodes to UTF-8; NUL and noncharacters are
+  valid UTF-8 and the tokenizer takes them.)"""
   try:
     s.encode("utf-8")
     return s
   except UnicodeEncodeError:
+    pass
+  s = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")  # pairs
+  if _ESCAPED_BYTE.search(s):
     issues.append(("text/invalid_utf8", where))
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode(
-        "utf-8", "replace").decode("utf-8")
+  if _SURROGATE.search(_ESCAPED_BYTE.sub("", s)):
+    issues.append(("text/invalid_unicode", where))
+  return _SURROGATE.sub("\ufffd", s)
 
 
 def _text_part(part, where, issues):

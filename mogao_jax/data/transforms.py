@@ -69,15 +69,16 @@ def check_cond_dropout(p: float, key: str = "config.data.cond_dropout") -> float
 _SEED_OFFSET = 104_729  # keeps the dropout's random stream apart from the shuffles' seeds
 
 
-def apply_cond_dropout(ds, config, split: str = "train"):
+def apply_cond_dropout(ds, config, split: str = "train", stream: int = 0):
   """`ds.random_map(drop_condition)` with config.data.cond_dropout (text) and
   config.data.cond_dropout_image (context images), both default 0; the train split only.
   `ds`: a grain MapDataset (or IterDataset) of Documents. Each element's coin flips depend on
-  (config.seed, its index): deterministic, and checkpoint-safe like the rest of the graph."""
+  (config.seed, `stream` (the data shard), its index): deterministic, and checkpoint-safe
+  like the rest of the graph; shards draw independent coins."""
   d = config.data
   p = check_cond_dropout(d.get("cond_dropout", 0.0))
   p_image = check_cond_dropout(d.get("cond_dropout_image", 0.0), "config.data.cond_dropout_image")
   if split != "train" or (p == 0.0 and p_image == 0.0):
     return ds
   return ds.random_map(functools.partial(drop_condition, p=p, p_image=p_image),
-                       seed=(int(config.seed) + _SEED_OFFSET) % 2**32)
+                       seed=(int(config.seed) + _SEED_OFFSET + 7_919 * stream) % 2**32)

@@ -4,7 +4,7 @@ One checkpoint step ``<workdir>/checkpoints/<step>/`` holds four items:
 
 * ``state``: the TrainState (step, params, optimizer state, RNG, EMA, NaN-guard counters),
   restored straight into the target shardings (so a run may resume on a different mesh);
-* ``data``: the data iterators' states, one per process (each process reads its own shard);
+* ``data``: the data iterators' states, one per process (each holds its data shards' states);
 * ``config``: the resolved config; a restore into a different ``model`` section (or tokenizer
   settings) fails naming the differing keys rather than with a shape error deep inside orbax;
 * ``tokenizer``: the tokenizer's bytes (a sentencepiece model, or a tokenizer.json + its
@@ -65,7 +65,7 @@ def config_to_json(config) -> dict[str, Any]:
   return _jsonable(config.to_dict())
 
 
-def _gather_json(value: Any) -> list[Any]:
+def gather_json(value: Any) -> list[Any]:
   """Every process's JSON value, in process order (identity on one process)."""
   if jax.process_count() == 1:
     return [_jsonable(value)]
@@ -160,7 +160,7 @@ class Checkpointer:
     """Starts an async save (every process must call it); returns whether one started."""
     items = dict(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"processes": _gather_json(data_state)}),
+        data=ocp.args.JsonSave({"processes": gather_json(data_state)}),
         config=ocp.args.JsonSave(config_to_json(config)),
     )
     if tokenizer_files:
@@ -265,7 +265,8 @@ class Checkpointer:
     return shapes
 
   def restore(self, step: int, abstract_state: Any, config=None) -> tuple[Any, Any]:
-    """(state, this process's data state). ``abstract_state``: ShapeDtypeStructs + shardings."""
+    """(state, every saving process's data state, a list in process order).
+    ``abstract_state``: ShapeDtypeStructs + shardings."""
     if config is not None:
       self.check_compatible(step, config, abstract_state)
     args = ocp.args.Composite(
@@ -273,13 +274,10 @@ class Checkpointer:
         data=ocp.args.JsonRestore(),
     )
     out = self.manager.restore(step, args=args)
-    per_process = out["data"]["processes"]
-    if len(per_process) != jax.process_count():
-      raise ValueError(
-          f"checkpoint step {step} holds data states of {len(per_process)} processes, but this"
-          f" run has {jax.process_count()}; data iterator state cannot be mapped")
     logging.info("checkpoint: restored step %d from %s", step, self.directory)
-    return out["state"], per_process[jax.process_index()]
+    # Every process's data state: the data shards they held are dealt out again over this
+    # run's processes (data/shards.py), whatever the process count that saved them.
+    return out["state"], out["data"]["processes"]
 
   def restore_latest(self, abstract_state: Any, config) -> tuple[int, Any, Any] | None:
     """(step, state, data state) of the newest step not proven damaged, or None if none.

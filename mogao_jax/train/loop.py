@@ -34,6 +34,7 @@ from mogao_jax.convert import init as convert_init
 from mogao_jax.convert import vae as vae_convert
 from mogao_jax.data import latents
 from mogao_jax.data import pipeline
+from mogao_jax.data import shards as shards_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
@@ -53,15 +54,21 @@ from mogao_jax.data import batch as batch_lib
 
 
 def validate(config) -> None:
-  """Batch divisibility by processes and microbatches, the image codec against its VAE's
-  config.json; errors name the key (and the file)."""
-  latents.check_config(config)
-  bs, n = config.data.batch_size, jax.process_count()
-  if bs % n:
-    raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
-  k = step_lib.grad_accum_steps(config)
-  if bs % k:
-    raise ValueError(f"data.batch_size = {bs} is not divisible by train.grad_accum_steps = {k}")
+  """Batch divisibility by processes and microbatches, the data sources and the image codec
+  against their files (a VAE's config.json); before any data read or compile. A bad value is a
+  ConfigError naming the key (and the file): the entry point prints it as one line."""
+  try:
+    latents.check_config(config)
+    pipeline.check_config(config)
+    bs, n = config.data.batch_size, jax.process_count()
+    if bs % n:
+      raise ValueError(f"data.batch_size = {bs} is not divisible by the {n} processes")
+    k = step_lib.grad_accum_steps(config)
+    if bs % k:
+      raise ValueError(f"data.batch_size = {bs} is not divisible by train.grad_accum_steps = "
+                       f"{k}")
+  except ValueError as e:
+    raise config_schema.ConfigError(f"bad config value: {e}") from None
 
 
 def _check_batch_split(config, mesh, rules) -> None:
@@ -121,8 +128,8 @@ def _init_or_restore(config, model, tx, ckpt, mesh, rules, example_batch, data_i
   if restored is None:
     workdir = os.path.dirname(ckpt.directory)
     return _fresh_state(config, init, key, example_batch, shardings, workdir), shardings
-  _, state, data_state = restored
-  data_iter.set_state(pipeline.state_from_json(data_state))
+  _, state, data_states = restored
+  data_iter.set_state([pipeline.state_from_json(s) for s in data_states])
   return state, shardings
 
 
@@ -167,11 +174,12 @@ def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
   ckpt.sync_tokenizer(workdir)
   tokenizer = pipeline.make_tokenizer(config, workdir)
-  data_iter = pipeline.make_pipeline(config, tokenizer, split="train",
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-  model = Mogao.from_config(config)
   bsh = rules_lib.batch_sharding(mesh, rules)
+  # This process builds the data shards of the global rows its devices hold (in their order).
+  shards = shards_lib.shards_of_rows(
+      config.data, shards_lib.local_rows(bsh, config.data.batch_size))
+  data_iter = pipeline.make_pipeline(config, tokenizer, split="train", shards=shards)
+  model = Mogao.from_config(config)
   log = metrics_lib.MetricsLog(config, workdir, schedule)
   preempt = preempt_lib.Preemption(ckpt.manager)
   runcard.write_run_card(config, workdir, mesh=mesh, config_changes=ckpt.config_changes)
@@ -271,7 +279,7 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
     stop = guard.push(done, metrics, provenance)  # checks the previous step (no stall)
     log.add(metrics, time.perf_counter() - t0 if done == start + 1 else None)
     if done % t.log_every == 0 or done == t.steps:
-      records.append(log.flush(done, pipeline.data_metrics(data_iter)))
+      records.append(log.flush(done, pipeline.data_metrics(data_iter, ckpt_lib.gather_json)))
     if done % t.ckpt_every == 0 or done == t.steps:
       t0 = time.perf_counter()
       stop = stop or guard.drain()  # this step's skip flag: the save would block on it anyway
@@ -294,7 +302,7 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
     bar.close()
   stop = stop or guard.drain() or guard.all_skipped(done - start)
   if (stop or preempted) and done > start and log.pending:
-    records.append(log.flush(done, pipeline.data_metrics(data_iter)))
+    records.append(log.flush(done, pipeline.data_metrics(data_iter, ckpt_lib.gather_json)))
   if preempted and not guard.in_streak and done > start:
     save(done, state)
   save.ckpt.wait_until_finished()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -12,6 +13,14 @@ from absl import logging
 import jax
 import numpy as np
 import tensorboardX  # pure-python writer: flax.metrics.tensorboard / clu need TensorFlow
+
+
+_TB_ILLEGAL = re.compile(r"[^-/\w.]")  # what tensorboardX replaces, with an INFO log line each
+
+
+def tb_tag(name: str) -> str:
+  """A TensorBoard-legal tag for a metric name (data/issues/json/missing_field:text has ':')."""
+  return _TB_ILLEGAL.sub("_", name).lstrip("/")
 
 
 class MetricsLog:
@@ -84,10 +93,13 @@ class MetricsLog:
 
   def _write(self, rec: dict[str, Any]) -> None:
     g = lambda k: rec.get(k, float("nan"))  # noqa: E731
+    # A window of only the (compiling) first step of a run or a resume has no throughput.
+    timing = (f"{rec['step_time_s']:.3f}s/step  {rec['tokens_per_s']:.0f} tok/s"
+              if "step_time_s" in rec else "timing n/a (compile step)")
     logging.info(
-        "step %d  loss %.4f  text %.4f  flow %.4f  lr %.2e  |g| %.3f  %.3fs/step  %.0f tok/s"
+        "step %d  loss %.4f  text %.4f  flow %.4f  lr %.2e  |g| %.3f  %s"
         "  real %.2f%s%s", rec["step"], g("loss"), g("text_loss"), g("flow_loss"), g("lr"),
-        g("grad_norm"), g("step_time_s"), g("tokens_per_s"), g("real_frac"),
+        g("grad_norm"), timing, g("real_frac"),
         f"  (first step incl. compile {rec['compile_s']:.1f}s)" if "compile_s" in rec else "",
         f"  SKIPPED {rec['skipped']:.0%} (non-finite)" if rec.get("skipped") else "")
     if "data/docs_read" in rec:
@@ -98,7 +110,7 @@ class MetricsLog:
     self.jsonl.flush()
     for k, v in rec.items():
       if k != "step":
-        self.tb.add_scalar(f"train/{k}", v, rec["step"])
+        self.tb.add_scalar(tb_tag(f"train/{k}"), v, rec["step"])
     self.tb.flush()
 
   def close(self) -> None:

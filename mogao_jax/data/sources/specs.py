@@ -155,7 +155,10 @@ def mixture(data_config) -> list[Spec]:
   out = []
   for item in _items(value):
     if isinstance(item, str):
-      out.append(parse(item))
+      try:
+        out.append(parse(item))
+      except ValueError as e:  # name the config key as well as the spec
+        raise ValueError(f"{key}: {e}") from None
       continue
     if not hasattr(item, "get") or not isinstance(item.get("spec"), str):
       raise ValueError(f"{key}: each entry must be a spec string or have a `spec` string, got "
@@ -163,9 +166,12 @@ def mixture(data_config) -> list[Spec]:
     extra = sorted(set(dict(item)) - {"spec", "weight", "name"})
     if extra:
       raise ValueError(f"{key}: entry {item!r} has unknown key(s) {extra} (spec, weight, name)")
-    s = parse(item["spec"])
+    try:
+      s = parse(item["spec"])
+    except ValueError as e:
+      raise ValueError(f"{key}: {e}") from None
     if item.get("weight") is not None:
-      s = dataclasses.replace(s, weight=_weight(item["weight"], item["spec"]))
+      s = dataclasses.replace(s, weight=_weight(item["weight"], f"{key}: {item['spec']}"))
     if item.get("name"):
       s = dataclasses.replace(s, name=str(item["name"]))
     out.append(s)
