@@ -79,7 +79,7 @@ def gather_json(value: Any) -> list[Any]:
 
 def from_process0(value: Any) -> Any:
   """Process 0's JSON value, on every process."""
-  return _gather_json(value)[0]
+  return gather_json(value)[0]
 
 
 def _nonneg_int(config, key: str) -> int:
