@@ -148,3 +148,16 @@ def test_scalar_memory_overflow_is_refused():
   m = jnp.zeros((8, 4, 512 * 128), jnp.int32)
   with pytest.raises(ValueError, match="scalar memory.*model.attention_block"):
     jax.eval_shape(kernel, q, q, q, m, m, vis, vis)
+
+
+def test_bad_shapes_are_refused():
+  """Lengths not in whole blocks, and (compiled for a TPU) blocks narrower than a lane."""
+  m = jnp.zeros((1, 4, 64), jnp.int32)
+  q = jnp.zeros((1, 64, 2, 128), jnp.bfloat16)
+  vis = jnp.ones((1, 2, 2), bool)
+  odd = flash_tpu.make(OTHER.tobytes(), SAME.tobytes(), 32, 48, 1.0, True)
+  with pytest.raises(ValueError, match="not whole blocks of 32 / 48"):
+    jax.eval_shape(odd, q, q, q, m, m, vis, vis)
+  narrow = flash_tpu.make(OTHER.tobytes(), SAME.tobytes(), 32, 32, 1.0, False)
+  with pytest.raises(ValueError, match="model.attention_block = 32 / 32; a TPU needs multiples"):
+    jax.eval_shape(narrow, q, q, q, m, m, vis, vis)

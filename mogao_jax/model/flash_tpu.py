@@ -39,6 +39,16 @@ def _check_smem(b, ni, nj, interpret, what):
         " device or raise model.attention_block")
 
 
+def _check_shapes(lq, lk, bq, bk, interpret):
+  """Clear errors before Mosaic's: lengths in whole blocks, lane-wide blocks on a TPU."""
+  if lq % bq or lk % bk:
+    raise ValueError(f"flash_tpu: {lq} query / {lk} key slots are not whole blocks of {bq} /"
+                     f" {bk} (attention.flash_attention pads them)")
+  if interpret is False and (bq % kern.LANES or bk % kern.LANES):
+    raise ValueError(f"flash_tpu: model.attention_block = {bq} / {bk}; a TPU needs multiples of"
+                     f" {kern.LANES} (the scores' and the metadata's lane dimension)")
+
+
 def _params():
   return pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
@@ -171,6 +181,7 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
 
   def kernel(q_BLHD, k_BLKD, v_BLKD, qm_B4L, km_B4L, vis_BIJ, full_BIJ):
     b, nq, nk = vis_BIJ.shape
+    _check_shapes(q_BLHD.shape[1], k_BLKD.shape[1], bq, bk, interpret)
     _check_smem(b, nq, nk, interpret, "forward / dq")
     _check_smem(b, nk, nq, interpret, "dk / dv")
     heads = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B, L, H, D] <-> [B, H, L, D]
