@@ -26,8 +26,8 @@ mask the same rule (flash.visible's, from the slot metadata), but laid out for M
   transposed orientation (scores [bk, bq], as Splash's dkv) so every matmul is NN or NT.
 * A query that sees no key gets exactly zero output and zero gradients (lse = +inf).
 
-The tile maps come from attention.tile_maps (conservative: `full` tiles skip nothing in
-correctness, they OR the mask to all-visible). Tables are static: the kernel is specialised to
+The tile maps come from attention.tile_maps (conservative: a listed tile may hold no visible
+pair; a `full` tile is certain to be all visible and skips the mask's compares). Tables are static: the kernel is specialised to
 them. Work is declared with pl.CostEstimate as the upper bound of every tile visited (the real
 count is data dependent).
 """
@@ -132,9 +132,12 @@ def _fields(m_ref, as_column: bool):
   return [m_ref[f:f + 1, :] for f in range(4)]
 
 
-def _keep(q_fields, k_fields, full, other, same):
-  """bool tile: visible (flash.visible_parts' rule, any orientation) or a full tile."""
-  return visible_parts(*q_fields, *k_fields, other, same) | (full > 0)
+def _masked(s, q_fields, k_fields, full, other, same):
+  """The scores with -inf where invisible (flash's rule); a full tile skips the mask's
+  compares (VPU work comparable to the tile's matmul), as Splash skips its mask blocks."""
+  return jax.lax.cond(full > 0, lambda: s,
+                      lambda: jnp.where(visible_parts(*q_fields, *k_fields, other, same),
+                                        s, -jnp.inf))
 
 
 def _fwd_kernel(idx_ref, full_ref, cnt_ref, q_ref, k_ref, v_ref, qm_ref, km_ref, o_ref, lse_ref,
@@ -153,8 +156,7 @@ def _fwd_kernel(idx_ref, full_ref, cnt_ref, q_ref, k_ref, v_ref, qm_ref, km_ref,
     s = jax.lax.dot_general(q_ref[...], k_ref[...], _NT,
                             preferred_element_type=jnp.float32) * scale
     full = _entry(full_ref, row, t, nk, 1)
-    s = jnp.where(_keep(_fields(qm_ref, True), _fields(km_ref, False), full, other, same),
-                  s, -jnp.inf)
+    s = _masked(s, _fields(qm_ref, True), _fields(km_ref, False), full, other, same)
     m_prev = m_sc[:, :1]
     m_next = jnp.maximum(m_prev, s.max(-1, keepdims=True))
     m_use = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # nothing visible yet: keep p = 0
@@ -191,8 +193,7 @@ def _dq_kernel(idx_ref, full_ref, cnt_ref, q_ref, k_ref, v_ref, qm_ref, km_ref, 
     k, v, do = k_ref[...], v_ref[...], do_ref[...]
     s = jax.lax.dot_general(q_ref[...], k, _NT, preferred_element_type=jnp.float32) * scale
     full = _entry(full_ref, row, t, nk, 1)
-    s = jnp.where(_keep(_fields(qm_ref, True), _fields(km_ref, False), full, other, same),
-                  s, -jnp.inf)
+    s = _masked(s, _fields(qm_ref, True), _fields(km_ref, False), full, other, same)
     p = jnp.exp(s - jnp.expand_dims(lse_ref[0], -1))  # lse = +inf on a blind query: p = 0
     dp = jax.lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)
     ds = p * (dp - jnp.expand_dims(delta_ref[0], -1))
@@ -220,8 +221,7 @@ def _dkv_kernel(idx_ref, full_ref, cnt_ref, q_ref, k_ref, v_ref, qm_ref, km_ref,
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s = jax.lax.dot_general(k, q, _NT, preferred_element_type=jnp.float32) * scale  # [bk, bq]
     full = _entry(full_ref, row, t, nq, 1)
-    s = jnp.where(_keep(_fields(qm_ref, False), _fields(km_ref, True), full, other, same),
-                  s, -jnp.inf)
+    s = _masked(s, _fields(qm_ref, False), _fields(km_ref, True), full, other, same)
     p = jnp.exp(s - lse_ref[...])  # lse row [1, bq]
     dv_sc[...] += jax.lax.dot_general(p.astype(do.dtype), do, _NN,
                                       preferred_element_type=jnp.float32)
