@@ -1,10 +1,10 @@
 """The TPU kernel's bodies and packed block lists (the wiring and make(): model/flash_tpu.py).
 
-The design, in the structure of jax's Splash attention:
-
 Same call and result as model/flash.py's kernel (`make(...)` -> kernel(q [B, Lq, H, D],
 k / v [B, Lk, K, D], qm [B, 4, Lq], km [B, 4, Lk], vis [B, nq, nk], full [B, nq, nk])), the
-mask the same rule (flash.visible's, from the slot metadata), but laid out for Mosaic:
+mask the same rule (flash.visible's, restated here on broadcastable fields: flash.visible
+slices a stacked [4, b] block in one orientation), laid out for Mosaic in the structure of
+jax's Splash attention:
 
 * Grid over (row, head, query block, visit): the last axis walks the key blocks that the
   query block can see. Those per-row lists (and each listed tile's full / partial kind) reach
@@ -27,9 +27,9 @@ mask the same rule (flash.visible's, from the slot metadata), but laid out for M
 * A query that sees no key gets exactly zero output and zero gradients (lse = +inf).
 
 The tile maps come from attention.tile_maps (conservative: a listed tile may hold no visible
-pair; a `full` tile is certain to be all visible and skips the mask's compares). Tables are static: the kernel is specialised to
-them. Work is declared with pl.CostEstimate as the upper bound of every tile visited (the real
-count is data dependent).
+pair; a `full` tile is certain to be all visible and skips the mask's compares). Tables are
+static: the kernel is specialised to them. Work is declared with pl.CostEstimate as the upper
+bound of every tile visited (the real count is data dependent).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from jax.experimental import pallas as pl
 
 from mogao_jax.data.batch import NUM_KINDS
 
-SMEM_BYTES = 1 << 20  # scalar memory per core on v5p / v5e / v6e
+SMEM_BYTES = 1 << 20  # scalar memory per core (v5p's; the budget checked on every chip)
 LANES = 128  # the lane width: m / l scratch is lane-replicated [bq, LANES]
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _NN = (((1,), (0,)), ((), ()))  # a @ b
