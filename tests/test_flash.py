@@ -8,7 +8,8 @@ rows of several documents with images and padding, a text-only row, an image-onl
 softmax sums the same terms in another order; observed ~1e-6); bfloat16 inputs against the
 float32 dense result atol 3e-2 (bf16 q, k, v and probabilities: ~1e-2 observed).
 The tile maps are checked against the dense mask itself: a skipped tile holds no visible pair,
-a "full" tile no invisible one, and the kernel does use both (a forged map changes the result).
+a "full" tile no invisible one, and the kernel does use both (a forged map changes the result). The backward at blocks smaller than
+the forward's; the TPU lowering refused. tests/test_flash_aot.py compiles it for GPUs.
 """
 
 import functools
@@ -139,9 +140,23 @@ def test_kernel_trusts_its_maps():
   assert not np.allclose(all_on[real], np.asarray(_dense(meta, q, k, v))[real], atol=1e-2)
 
 
-def test_refused_on_tpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+def test_backward_at_smaller_blocks_equals_dense(monkeypatch):
+  """The backward kernels run at blocks of at most flash.BWD_BLOCK on maps refined from the
+  forward's (GPU shared memory): 32-slot forward blocks, 16-slot backward blocks."""
+  monkeypatch.setattr(flash, "BWD_BLOCK", 16)
+  meta = _meta("mixed")
+  qkv, w, _ = _qkv(meta, seed=3)
+  got = _grads(functools.partial(_flash, meta, block=32), qkv, w)
+  for g, g_ref, name in zip(got, _grads(functools.partial(_dense, meta), qkv, w), "qkv"):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), err_msg=f"d{name}", **TOL)
+
+
+def test_refused_when_lowered_for_tpu():
+  """The kernel is chosen by the platform the step is lowered for, not the host's backend: a
+  TPU lowering from this CPU host stops (no TPU kernel yet) instead of compiling the
+  interpret-mode emulation for the TPU."""
   meta = _meta("text")
   (q, k, v), _, _ = _qkv(meta)
-  with pytest.raises(ValueError, match="model.attention='blockwise'"):
-    _flash(meta, q, k, v, 16)
+  f = jax.jit(functools.partial(_flash, meta, block=16))
+  with pytest.raises(ValueError, match="no TPU kernel yet.*model.attention='blockwise'"):
+    f.trace(q, k, v).lower(lowering_platforms=("tpu",))
