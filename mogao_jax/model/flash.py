@@ -43,8 +43,12 @@ from jax.experimental.pallas import triton as plgpu
 from mogao_jax.data.batch import NUM_KINDS
 
 _META = ("segment", "kind", "image", "t")  # rows of the stacked metadata [B, 4, L]
-# The backward kernels' largest block: 128 x 128 overflows an H100's shared memory (see make).
+# Block limits of the compiled kernels (shared memory; measured by compiling for an H100 and an
+# A100 with ptxas, tests/test_flash_aot.py): the backward kernels' largest block (128 x 128
+# bf16 at head_dim 128 needs 232,452 bytes of the H100's 232,448), and the forward's largest
+# query / key tile in bytes (block x head_dim x itemsize: f32 at 128 x 128 needs 264,196).
 BWD_BLOCK = 64
+TILE_BYTES = 32768
 
 
 def _allowed(q_kind, k_kind, table):
@@ -192,16 +196,23 @@ def _triton_params(d: int, interpret: bool):
   return plgpu.CompilerParams(num_warps=4 if d <= 64 else 8, num_stages=2)
 
 
+def _fit(block: int, row_bytes: int, cap: int) -> int:
+  """The largest of block, block / 2, ... (down to 16) at most `cap` slots and TILE_BYTES."""
+  while block % 2 == 0 and block > 16 and (block > cap or block * row_bytes > TILE_BYTES):
+    block //= 2
+  return block
+
+
 @functools.lru_cache(maxsize=None)
 def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scale: float,
          interpret: bool, bwd_block: int = BWD_BLOCK):
   """The custom_vjp kernel for one static setting (tables as bytes so they key a cache).
 
   Call: kernel(q [B, Lq, H, D], k / v [B, Lk, K, D], qm [B, 4, Lq], km [B, 4, Lk],
-  vis [B, nq, nk] bool, full [B, nq, nk] bool); lengths multiples of the blocks. The forward
-  runs at (block_q, block_k); the backward's two kernels at blocks of at most `bwd_block`
-  (their tiles hold more live arrays: on an H100 the dk / dv kernel at 128 x 128 needs 4 bytes
-  more than the 232,448 of shared memory), on the maps refined to those blocks. The key lists
+  vis [B, nq, nk] bool, full [B, nq, nk] bool); lengths multiples of the blocks. The kernels
+  run at blocks that divide (block_q, block_k) and fit shared memory (_fit: tiles of at most
+  TILE_BYTES; the backward's two kernels, whose tiles hold more live arrays, at most
+  `bwd_block` slots), on the maps refined to those blocks. The key lists
   of each query block and the query lists of each key block are built once per call (outside
   the custom_vjp, so the backward reuses them). `interpret`: Pallas interpret mode (any
   platform, a reference); else compiled by Pallas Triton (CUDA)."""
@@ -209,24 +220,24 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
   same = np.frombuffer(same_bytes, bool).reshape(NUM_KINDS, NUM_KINDS)
   rule = dict(scale=scale, other=other, same=same)
   sq = pl.squeezed
-  bq_b = bwd_block if block_q % bwd_block == 0 else block_q
-  bk_b = bwd_block if block_k % bwd_block == 0 else block_k
 
-  def forward(q, k, v, qm, km, lists):
+  def forward(blocks, q, k, v, qm, km, lists):
+    bq_f, bk_f = blocks[:2]
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
-    g, nk = h // kh, lk // block_k
-    row_q = pl.BlockSpec((sq, block_q, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
+    g, nk = h // kh, lk // bk_f
+    row_q = pl.BlockSpec((sq, bq_f, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
     return pl.pallas_call(
-        functools.partial(_fwd_kernel, block_k=block_k, **rule),
-        grid=(b, h, lq // block_q), in_specs=_query_grid_specs(block_q, lk, d, g, nk),
-        out_specs=[row_q, pl.BlockSpec((sq, sq, block_q), lambda bi, hi, i: (bi, hi, i))],
+        functools.partial(_fwd_kernel, block_k=bk_f, **rule),
+        grid=(b, h, lq // bq_f), in_specs=_query_grid_specs(bq_f, lk, d, g, nk),
+        out_specs=[row_q, pl.BlockSpec((sq, sq, bq_f), lambda bi, hi, i: (bi, hi, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, h, lq), jnp.float32)],
         compiler_params=_triton_params(d, interpret),
         interpret=interpret, name="mogao_flash_fwd")(q, k, v, qm, km, *lists)
 
-  def backward(q, k, v, qm, km, lists, lists_t, out, lse, do):
+  def backward(blocks, q, k, v, qm, km, lists, lists_t, out, lse, do):
+    bq_b, bk_b = blocks[2:]
     b, lq, h, d = q.shape
     lk, kh = k.shape[1], k.shape[2]
     g, nq, nk = h // kh, lq // bq_b, lk // bk_b
@@ -262,24 +273,28 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     group = lambda x: x.reshape(b, lk, kh, g, d).sum(3)  # noqa: E731  query heads -> kv head
     return dq, group(dk).astype(k.dtype), group(dv).astype(v.dtype)
 
-  @jax.custom_vjp
-  def core(q, k, v, qm, km, lists, lists_b, lists_t):
-    return forward(q, k, v, qm, km, lists)[0]
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def core(blocks, q, k, v, qm, km, lists, lists_b, lists_t):
+    return forward(blocks, q, k, v, qm, km, lists)[0]
 
-  def fwd(q, k, v, qm, km, lists, lists_b, lists_t):
-    out, lse = forward(q, k, v, qm, km, lists)
+  def fwd(blocks, q, k, v, qm, km, lists, lists_b, lists_t):
+    out, lse = forward(blocks, q, k, v, qm, km, lists)
     return out, (q, k, v, qm, km, lists_b, lists_t, out, lse)
 
-  def bwd(res, do):
-    dq, dk, dv = backward(*res, do)
+  def bwd(blocks, res, do):
+    dq, dk, dv = backward(blocks, *res, do)
     return dq, dk, dv, None, None, None, None, None
 
   core.defvjp(fwd, bwd)
 
   def kernel(q, k, v, qm, km, vis, full):
-    ri, rj = block_q // bq_b, block_k // bk_b
-    vis_b, full_b = _refine(vis, ri, rj), _refine(full, ri, rj)
-    return core(q, k, v, qm, km, _lists(vis, full), _lists(vis_b, full_b),
-                _lists(vis_b.transpose(0, 2, 1), full_b.transpose(0, 2, 1)))
+    row_bytes = q.shape[-1] * q.dtype.itemsize
+    fq, fk = _fit(block_q, row_bytes, block_q), _fit(block_k, row_bytes, block_k)
+    bq, bk = _fit(fq, row_bytes, bwd_block), _fit(fk, row_bytes, bwd_block)
+    maps = lambda r, c: (_refine(vis, r, c), _refine(full, r, c))  # noqa: E731
+    (vis_f, full_f), (vis_b, full_b) = maps(block_q // fq, block_k // fk), maps(
+        block_q // bq, block_k // bk)
+    return core((fq, fk, bq, bk), q, k, v, qm, km, _lists(vis_f, full_f),
+                _lists(vis_b, full_b), _lists(vis_b.transpose(0, 2, 1), full_b.transpose(0, 2, 1)))
 
   return kernel
