@@ -52,8 +52,8 @@ def check(meta, heads, kv_heads, head_dim, block, seed=0) -> dict:
       lambda q, k, v: (f(q, k, v).astype(jnp.float32) * w).sum(), (0, 1, 2)))
   out_f, out_d = jax.jit(flash)(q, k, v), jax.jit(dense)(q, k, v)
   (_, g_f), (_, g_d) = run(flash)(q, k, v), run(dense)(q, k, v)
-  rel = lambda a, r: float(np.abs(np.asarray(a, np.float32) - np.asarray(r, np.float32)).max()  # noqa
-                           / max(np.abs(np.asarray(r, np.float32)).max(), 1e-30))
+  f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+  rel = lambda a, r: float(np.abs(f32(a) - f32(r)).max() / max(np.abs(f32(r)).max(), 1e-30))  # noqa
   row = {"device": jax.devices()[0].device_kind, "rows": b, "slots": l,
          "out_err": rel(np.asarray(out_f, np.float32)[real], np.asarray(out_d)[real])}
   row.update({f"d{n}_err": rel(a, r) for n, a, r in zip("qkv", g_f, g_d)})

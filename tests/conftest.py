@@ -35,7 +35,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: slow test; run with --runslow or -m slow")
-  config.addinivalue_line("markers", "aot: ahead-of-time compile for a GPU / TPU target (needs .[aot]; .ci/run)")
+  config.addinivalue_line("markers",
+                          "aot: ahead-of-time compile for a GPU / TPU target (.[aot]; .ci/run)")
 
 
 def pytest_collection_modifyitems(config, items):

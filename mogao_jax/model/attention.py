@@ -25,8 +25,9 @@ padding slots and they carry no loss, so losses, real slots' outputs and all gra
 
 `model.attention = "flash"`: the same algorithm as one fused Pallas kernel (model/flash.py,
 which says why no library kernel fits our mask); its tile maps are tile_maps' `may` (per row,
-since the kernel's grid has a program per row) and `full` (tiles that skip the mask). On CPU it
-runs in Pallas interpret mode. The ViT towers keep dense attention: they attend within one
+since the kernel's grid has a program per row) and `full` (tiles that skip the mask). The
+kernel is chosen by the platform the step is lowered for (flash_dispatch: Pallas Triton on
+CUDA, Pallas interpret mode on CPU) and runs inside shard_map under a mesh. The ViT towers keep dense attention: they attend within one
 image's patches ([B x images, grid**2], model/image_batch.py), not over packed slots.
 The KV-cache sampling path (Mogao.decode) stays dense: its queries are the few new slots, its
 mask [B, new, cache + new] is not L x L, and it carries the sampler's per-branch keep mask.
@@ -191,9 +192,10 @@ def flash_dispatch(key: tuple, *args):
 
 
 def _tpu_kernel(*key):
-  """The TPU (Mosaic) kernel for `key`. Not written yet: a kernel that refuses to be lowered,
-  so a TPU run or dry run stops with this message instead of compiling the interpret-mode
-  emulation."""
+  """The TPU (Mosaic) kernel for `key`, same call and result as flash.make's. Until
+  model/flash_tpu.py is wired in (the one line: `return flash_tpu.make(*key, False)`), a
+  kernel that refuses to be lowered: a TPU run or dry run stops with _NO_TPU instead of
+  compiling the interpret-mode emulation for the TPU."""
   return _refuse_on_tpu
 
 

@@ -24,10 +24,12 @@ GQA: query head h reads kv head h // G. dk / dv are produced per query head and 
 each group outside the kernel (G x one layer's k / v in float32: simple, and small next to the
 activations). A query that sees no key (padding) gets a zero output, as in the blockwise path.
 
-Where it runs: compiled by Pallas' Triton backend on GPUs; on CPU in Pallas interpret mode
-(the same kernel body evaluated by XLA: correctness only, no speed). Not on TPU: Mosaic needs
-(8, 128)-tiled VMEM blocks and this kernel reads a whole row's keys per program; TPU runs use
-"blockwise" (Splash-style scalar-prefetch block maps are the TPU version of this kernel).
+Where it runs: attention.flash_dispatch picks the kernel by the platform the step is lowered
+for. CUDA: compiled by Pallas Triton (chosen by compiler_params; blocks fitted to shared memory,
+see make and BWD_BLOCK / TILE_BYTES; the metadata read by ref loads: Triton lowers no `slice`).
+Elsewhere (CPU): Pallas interpret mode (the same kernel body evaluated by XLA: correctness only,
+no speed). TPU: not this kernel (Mosaic needs (8, 128)-tiled VMEM blocks and this kernel reads a
+whole row's keys per program); a Splash-style TPU kernel takes its place in the dispatch.
 """
 
 from __future__ import annotations
