@@ -19,9 +19,10 @@ py="${PYTHON:-python}"
 tiny="${DEVICE_CHECK_TINY:-0}"
 if [[ "$tiny" == 1 ]]; then
   kernel=(--slots 256 --rows 2 --heads 2 --kv_heads 1 --head_dim 16 --block 32)
-  attn=(--slots 640 --heads 2 --kv_heads 1 --head_dim 16 --block 32 --repeats 1 --impl dense,flash)
+  attn=(--slots 640 --heads 2 --kv_heads 1 --head_dim 16 --block 32 --repeats 1
+        --impl dense,flash)
   cfg=experiments/tiny_cpu.py:size=micro
-  sets=()
+  sets=(--set data.batch_size=2)  # interpret mode is slow: two rows
   steps=1
 else
   kernel=(--slots 2048 --rows 2)
@@ -40,18 +41,24 @@ run() {  # name, log file, pattern, command...: runs it, keeps its log, adds a s
   local rc=$?
   local last
   last=$(grep -E "$pattern" "$out/$log" | head -1 | cut -c1-160)
-  summary+=("| $name | $([[ $rc == 0 ]] && echo ok || echo "FAILED rc=$rc") | $((SECONDS - t0)) | $log | $last |")
+  local status=ok
+  [[ $rc == 0 ]] || status="FAILED rc=$rc"
+  summary+=("| $name | $status | $((SECONDS - t0)) | $log | $last |")
   echo "device_check: $name rc=$rc ($((SECONDS - t0)) s, $out/$log)" >&2
 }
 "$py" -c "import jax; print(jax.devices())" >"$out/devices.txt" 2>&1
-run "kernel vs dense (bf16)" kernel_check.txt "^RESULT" "$py" -m benchmarks.kernel_check "${kernel[@]}"
-run "attention dense vs flash" attention.txt "^\| flash \| (8192|640) " "$py" -m benchmarks.attention "${attn[@]}"
+run "kernel vs dense (bf16)" kernel_check.txt "^RESULT" \
+  "$py" -m benchmarks.kernel_check "${kernel[@]}"
+run "attention dense vs flash" attention.txt "^\| flash \| (8192|640) " \
+  "$py" -m benchmarks.attention "${attn[@]}"
 for a in dense flash; do
-  run "step $a" "step_$a.txt" "model.attention=$a \|" "$py" -m benchmarks.step --config "$cfg" --repeats "$steps" \
-    --no_xla_count "${sets[@]}" --set model.attention=$a
+  run "step $a" "step_$a.txt" "model.attention=$a \|" \
+    "$py" -m benchmarks.step --config "$cfg" --repeats "$steps" --no_xla_count \
+    "${sets[@]}" --set model.attention=$a
 done
-run "profile trace (flash)" profile.txt "step wall time" "$py" -m benchmarks.profile --config "$cfg" \
-  --steps "$steps" "${sets[@]}" --set model.attention=flash --trace_dir "$out/trace"
+run "profile trace (flash)" profile.txt "step wall time" \
+  "$py" -m benchmarks.profile --config "$cfg" --steps "$steps" "${sets[@]}" \
+  --set model.attention=flash --trace_dir "$out/trace"
 echo
 echo "device check on $(head -c 200 "$out/devices.txt") -> $out"
 echo "| check | status | seconds | log | its result line (the table row) |"
