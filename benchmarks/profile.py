@@ -30,6 +30,7 @@ import jax
 
 from benchmarks import common
 from benchmarks.step import REPO, compile_step, load_config, pipeline_batch, time_steps
+from mogao_jax import sweep
 
 # (part, op_name pattern), first match wins. The backward of a part is under transpose(...),
 # so one pattern covers both directions; fwd/bwd are split by that prefix.
@@ -92,11 +93,13 @@ def part_of(op_name: str) -> str:
   raise AssertionError("the last pattern matches everything")
 
 
-def trace_ops(step, state, batch, steps: int):
-  """(microseconds per HLO op name summed over `steps` traced steps, the state after them)."""
+def trace_ops(step, state, batch, steps: int, trace_dir: str | None = None):
+  """(microseconds per HLO op name summed over `steps` traced steps, the state after them);
+  the trace is kept in `trace_dir` if given (for TensorBoard / Perfetto)."""
   state, metrics = step(state, batch)
   common.block(metrics)
-  with tempfile.TemporaryDirectory() as d:
+  with tempfile.TemporaryDirectory() as tmp:
+    d = trace_dir or tmp
     with jax.profiler.trace(d):
       for _ in range(steps):
         state, metrics = step(state, batch)
@@ -112,7 +115,8 @@ def trace_ops(step, state, batch, steps: int):
   return per_op, state
 
 
-def profile(config, steps: int = 5, workdir: str = str(REPO / "runs" / "bench")) -> list[dict]:
+def profile(config, steps: int = 5, workdir: str = str(REPO / "runs" / "bench"),
+            trace_dir: str | None = None) -> list[dict]:
   """Rows: part, fwd / bwd / total thread-ms per step and share; then the step's wall time and
   the host pipeline's time per batch."""
   from mogao_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -120,7 +124,7 @@ def profile(config, steps: int = 5, workdir: str = str(REPO / "runs" / "bench"))
   dev_batch = jax.device_put(batch)
   step, state = compile_step(config, dev_batch)
   names = op_names(step.as_text())
-  per_op, state = trace_ops(step, state, dev_batch, steps)
+  per_op, state = trace_ops(step, state, dev_batch, steps, trace_dir)
   parts = collections.defaultdict(lambda: [0.0, 0.0])
   for hlo, us in per_op.items():
     name = names.get(hlo, "")
@@ -150,9 +154,14 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="experiments/tiny_cpu.py")
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override (e.g. model.attention=flash)")
+  p.add_argument("--trace_dir", default=None, help="keep the profiler trace here")
   a = p.parse_args(argv)
   print(common.header(f"benchmarks.profile {a.config}"))
-  print(common.table(profile(load_config(a.config), a.steps), COLUMNS))
+  config = load_config(a.config)
+  sweep.apply_overrides(config, sweep.parse_set(a.set), where="--set: ")
+  print(common.table(profile(config, a.steps, trace_dir=a.trace_dir), COLUMNS))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: slow test; run with --runslow or -m slow")
-  config.addinivalue_line("markers", "aot: compiles for TPU / GPU ahead of time; needs the AOT"
-                          " venv (libtpu), skipped without it")
+  config.addinivalue_line("markers",
+                          "aot: ahead-of-time compile for a GPU / TPU target (.[aot]; .ci/run)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,7 +9,7 @@ import pytest
 from mogao_jax.data import batch as batch_lib
 
 from mogao_jax.parallel import report
-from mogao_jax.train import dry_run
+from mogao_jax.train import dry_run, gpu_targets
 from tests.configs import tiny_config
 
 
@@ -120,3 +120,26 @@ def test_heads_not_dividing_tensor_axis_names_the_values():
   with pytest.raises(ValueError, match=r"\(logical '(kv_)?heads'\) has size [12], which does"
                                        r" not split over mesh axes \('tensor',\) of size 4"):
     dry_run.compile_step(c)
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("h100", ("h100", 1)), ("h100:8", ("h100", 8)), ("A100:8", ("a100", 8)), ("v5p-8", None),
+    ("v5p:2x2x1", None)])
+def test_gpu_target_names(name, parsed):
+  assert gpu_targets.parse(name) == parsed
+
+
+def test_gpu_target_counts_and_names_are_checked():
+  with pytest.raises(ValueError, match=r"dry_run_topology = 'h100:16': 1 to 8 GPUs"):
+    gpu_targets.parse("h100:16")
+  assert 'name: "NVIDIA A100-SXM4-80GB"' in gpu_targets.target_config("a100")
+  assert "major: 9 minor: 0" in gpu_targets.target_config("h100")
+
+
+@pytest.mark.skipif(gpu_targets.has_cuda_plugin(), reason="the CUDA plugin is installed here")
+def test_gpu_target_without_plugin_says_how_to_install_it():
+  c = tiny_config()
+  c.dry_run_topology = "h100:8"
+  with pytest.raises(RuntimeError, match=r"dry_run_topology='h100:8': JAX's CUDA plugin is not"
+                     r" installed.*\.\[aot\]"):
+    dry_run.run(c)

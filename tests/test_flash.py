@@ -8,7 +8,8 @@ rows of several documents with images and padding, a text-only row, an image-onl
 softmax sums the same terms in another order; observed ~1e-6); bfloat16 inputs against the
 float32 dense result atol 3e-2 (bf16 q, k, v and probabilities: ~1e-2 observed).
 The tile maps are checked against the dense mask itself: a skipped tile holds no visible pair,
-a "full" tile no invisible one, and the kernel does use both (a forged map changes the result).
+a "full" tile no invisible one, and the kernel does use both (a forged map changes the result). The backward at blocks smaller than
+the forward's; the TPU lowering refused. tests/test_flash_aot.py compiles it for GPUs.
 """
 
 import functools
@@ -139,9 +140,27 @@ def test_kernel_trusts_its_maps():
   assert not np.allclose(all_on[real], np.asarray(_dense(meta, q, k, v))[real], atol=1e-2)
 
 
-def test_refused_on_tpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+def test_backward_at_smaller_blocks_equals_dense(monkeypatch):
+  """The backward kernels run at blocks of at most flash.BWD_BLOCK on maps refined from the
+  forward's (GPU shared memory): 32-slot forward blocks, 16-slot backward blocks."""
+  monkeypatch.setattr(flash, "BWD_BLOCK", 16)
+  meta = _meta("mixed")
+  qkv, w, _ = _qkv(meta, seed=3)
+  got = _grads(functools.partial(_flash, meta, block=32), qkv, w)
+  for g, g_ref, name in zip(got, _grads(functools.partial(_dense, meta), qkv, w), "qkv"):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), err_msg=f"d{name}", **TOL)
+
+
+def test_tpu_lowering_is_the_tpu_kernel_or_its_clear_refusal():
+  """The kernel is chosen by the platform the step is lowered for, not the host's backend: a
+  TPU lowering from this CPU host holds the Mosaic kernel (blocks of 128), never the
+  interpret-mode emulation, and blocks a TPU cannot take stop at lowering naming the key."""
   meta = _meta("text")
   (q, k, v), _, _ = _qkv(meta)
-  with pytest.raises(ValueError, match="model.attention='blockwise'"):
-    _flash(meta, q, k, v, 16)
+  with pytest.raises(ValueError, match="model.attention_block = 16 / 16; a TPU needs multiples"):
+    jax.jit(functools.partial(_flash, meta, block=16)).trace(q, k, v).lower(
+        lowering_platforms=("tpu",))
+  text = jax.jit(functools.partial(_flash, meta, block=128)).trace(q, k, v).lower(
+      lowering_platforms=("tpu",)).as_text()
+  assert "tpu_custom_call" in text and "mogao_flash_tpu_fwd" in text
+  assert "triton" not in text.lower()

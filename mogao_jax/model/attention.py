@@ -25,8 +25,9 @@ padding slots and they carry no loss, so losses, real slots' outputs and all gra
 
 `model.attention = "flash"`: the same algorithm as one fused Pallas kernel (model/flash.py,
 which says why no library kernel fits our mask); its tile maps are tile_maps' `may` (per row,
-since the kernel's grid has a program per row) and `full` (tiles that skip the mask). On CPU it
-runs in Pallas interpret mode. The ViT towers keep dense attention: they attend within one
+since the kernel's grid has a program per row) and `full` (tiles that skip the mask). The
+kernel is chosen by the platform the step is lowered for (flash_dispatch: Pallas Triton on
+CUDA, Pallas interpret mode on CPU) and runs inside shard_map under a mesh. The ViT towers keep dense attention: they attend within one
 image's patches ([B x images, grid**2], model/image_batch.py), not over packed slots.
 The KV-cache sampling path (Mogao.decode) stays dense: its queries are the few new slots, its
 mask [B, new, cache + new] is not L x L, and it carries the sampler's per-branch keep mask.
@@ -36,12 +37,13 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mogao_jax.data.batch import NUM_KINDS
-from mogao_jax.model import flash, layers, masks
+from mogao_jax.model import flash, flash_tpu, layers, masks
 
 _BIG = np.iinfo(np.int32).max
 _META = ("segment", "kind", "image", "t")
@@ -144,25 +146,47 @@ def flash_attention(q_BLHD, k_BLKD, v_BLKD, q_meta: dict, k_meta: dict, *, other
                     block_q: int = 128, block_k: int = 128):
   """The fused Pallas kernel (model/flash.py) under the visibility rule of the metadata.
 
-  Same arguments and result as blockwise_attention. On CPU the kernel runs in Pallas interpret
-  mode (correct, slow: a reference, not a speed path); on TPU it is refused (see flash.py)."""
-  backend = jax.default_backend()
-  if backend == "tpu":
-    raise ValueError("model.attention='flash' is the GPU (Pallas Triton) kernel; on TPU use "
-                     "model.attention='blockwise'")
-  b, lq, h, d = q_BLHD.shape
-  lk = k_BLKD.shape[1]
-  lq_p, lk_p = -(-lq // block_q) * block_q, -(-lk // block_k) * block_k
+  Same arguments and result as blockwise_attention. The kernel is the one of the platform the
+  computation is LOWERED for (flash_dispatch), so a dry run for a GPU from this CPU host
+  compiles the Triton kernel. Under a mesh it runs inside shard_map over the batch and head
+  axes: a Pallas kernel cannot be partitioned by XLA."""
+  args = (q_BLHD, k_BLKD, v_BLKD, q_meta, k_meta)
+  run = functools.partial(_flash_local, other=other, same=same, block_q=block_q,
+                          block_k=block_k)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return run(*args)
+  spec = lambda *names: jax.sharding.PartitionSpec(*nn.logical_to_mesh_axes(names))  # noqa
+  rows = lambda m: jax.tree.map(lambda x: spec("batch", *[None] * (x.ndim - 1)), m)  # noqa
+  heads, kv_heads = spec("batch", None, "heads", None), spec("batch", None, "kv_heads", None)
+  return jax.shard_map(run, mesh=mesh,
+                       in_specs=(heads, kv_heads, kv_heads, rows(q_meta), rows(k_meta)),
+                       out_specs=heads, check_vma=False)(*args)
+
+
+def _flash_local(q_BLHD, k_BLKD, v_BLKD, q_meta, k_meta, *, other, same, block_q, block_k):
+  """flash_attention on one device's rows and heads: pad to the blocks, tile maps, kernel."""
+  lq, d = q_BLHD.shape[1], q_BLHD.shape[3]
+  lq_p = -(-lq // block_q) * block_q
+  lk_p = -(-k_BLKD.shape[1] // block_k) * block_k
   qm, km = pad_meta(q_meta, lq_p), pad_meta(k_meta, lk_p)
   # Per row (not OR-ed over the batch): the kernel's grid has a program per row.
   vis, full = tile_maps(qm, km, other, same, block_q, block_k)
-  pad = _pad_length
   stack = lambda m: jnp.stack([m[f] for f in _META], axis=1)  # noqa: E731  [B, 4, L]
-  kernel = flash.make(np.asarray(other, bool).tobytes(), np.asarray(same, bool).tobytes(),
-                      block_q, block_k, float(1.0 / np.sqrt(d)), backend == "cpu")
-  out = kernel(pad(q_BLHD, lq_p), pad(k_BLKD, lk_p), pad(v_BLKD, lk_p), stack(qm), stack(km),
-               vis, full)
+  key = (np.asarray(other, bool).tobytes(), np.asarray(same, bool).tobytes(), block_q, block_k,
+         float(1.0 / np.sqrt(d)))
+  out = flash_dispatch(key, _pad_length(q_BLHD, lq_p), _pad_length(k_BLKD, lk_p),
+                       _pad_length(v_BLKD, lk_p), stack(qm), stack(km), vis, full)
   return out[:, :lq]
+
+
+def flash_dispatch(key: tuple, *args):
+  """The flash kernel for the lowering platform: Pallas Triton on CUDA, the TPU kernel on TPU,
+  Pallas interpret mode elsewhere (CPU: a reference). `key`: flash.make's arguments before
+  `interpret`; `args`: the kernel's (q, k, v, qm, km, vis, full)."""
+  return jax.lax.platform_dependent(
+      *args, cuda=flash.make(*key, False, flash.BWD_BLOCK), tpu=flash_tpu.for_tpu(*key),
+      default=flash.make(*key, True, flash.BWD_BLOCK))
 
 
 # --- the blockwise kernel -----------------------------------------------------------------------

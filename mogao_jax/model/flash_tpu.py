@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import mlir
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -192,3 +194,44 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     return heads(out)
 
   return kernel
+
+
+def for_tpu(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scale: float):
+  """make(..., interpret=False) as the TPU branch of attention.flash_dispatch. platform_dependent
+  traces every branch, also on a host that will never lower this one (a CPU run with blocks
+  of 16), so a shape this kernel refuses on a TPU (blocks not multiples of 128, block lists
+  over scalar memory) must fail when the branch is LOWERED for a TPU, not when it is traced:
+  such a call becomes a kernel whose TPU lowering raises that error."""
+  kernel = make(other_bytes, same_bytes, block_q, block_k, scale, False)
+
+  def branch(q_BLHD, k_BLKD, v_BLKD, qm_B4L, km_B4L, vis_BIJ, full_BIJ):
+    b, nq, nk = vis_BIJ.shape
+    try:
+      _check_shapes(q_BLHD.shape[1], k_BLKD.shape[1], block_q, block_k, False)
+      _check_smem(b, nq, nk, False, "forward / dq")
+      _check_smem(b, nk, nq, False, "dk / dv")
+    except ValueError as e:
+      return _refused(str(e), q_BLHD, k_BLKD, v_BLKD)
+    return kernel(q_BLHD, k_BLKD, v_BLKD, qm_B4L, km_B4L, vis_BIJ, full_BIJ)
+
+  return branch
+
+
+_refused_p = jax.extend.core.Primitive("mogao_flash_tpu_refused")
+_refused_p.def_abstract_eval(lambda x, *_, msg: x)
+
+
+def _raise_on_lowering(ctx, *args, msg):
+  raise ValueError(msg)
+
+
+mlir.register_lowering(_refused_p, _raise_on_lowering)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _refused(msg, q, k, v):
+  return _refused_p.bind(q, k, v, msg=msg)
+
+
+_refused.defvjp(lambda msg, q, k, v: (_refused(msg, q, k, v), (q, k, v)),
+                lambda msg, res, g: tuple(_refused_p.bind(x, g, msg=msg) for x in res))

@@ -6,6 +6,8 @@ report, without data, a tokenizer or a single training step.
 own form) compiles for that TPU topology instead of the local devices, ahead of time from a CPU
 host, as MaxText's train_compile does. That needs JAX's TPU support on the host
 (``pip install -c constraints.txt -e ".[tpu]"``: libtpu); without it the run stops saying so.
+``h100``, ``h100:8``, ``a100:8`` (GPUs of one host, train/gpu_targets.py) compile the step the
+same way with the GPU backend (needs the ``.[aot]`` extra: the CUDA plugin and ptxas).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mogao_jax.data import batch as batch_lib
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
+from mogao_jax.train import gpu_targets
 from mogao_jax.train import optimizer as optim_lib
 from mogao_jax.train import step as step_lib
 from mogao_jax.model.mogao import Mogao
@@ -40,7 +43,7 @@ def topology_name(name: str) -> str:
     return name
   m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
   bad = (f"dry_run_topology = {name!r}: expected a slice name such as 'v5p-256' / 'v5e-16' or a"
-         " chip grid such as 'v5p:4x4x8'")
+         " chip grid such as 'v5p:4x4x8' (or a GPU target such as 'h100:8')")
   if not m:
     raise ValueError(bad)
   gen, per_chip, grid = _SLICES[m.group(1)]
@@ -60,6 +63,8 @@ def has_libtpu() -> bool:
 
 
 def _topology_devices(name: str):
+  if gpu_targets.parse(name):
+    return gpu_targets.devices(name)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   grid = topology_name(name)
   if not has_libtpu():
@@ -101,7 +106,7 @@ def abstract_batch(config, sharding) -> dict:
           for k, (shape, dtype) in spec.items()}
 
 
-def compile_step(config, devices=None):
+def compile_step(config, devices=None, compiler_options=None):
   """(compiled step, parameter report rows, mesh) for the config's mesh over `devices`."""
   mesh = mesh_lib.make_mesh(config, devices=devices)
   rules = rules_lib.make_rules(config, mesh)
@@ -121,7 +126,7 @@ def compile_step(config, devices=None):
     step = jax.jit(step_lib.make_train_step(config, model, tx),
                    in_shardings=(shardings, bsh), out_shardings=(shardings, None),
                    donate_argnums=0)
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch).compile(compiler_options)
   return compiled, rows, mesh
 
 
@@ -151,7 +156,8 @@ def run(config) -> dict:
   """Compiles, logs the report and the numbers, returns them (no training)."""
   topo = config.get("dry_run_topology", "")
   devices = _topology_devices(topo) if topo else None
-  compiled, rows, mesh = compile_step(config, devices)
+  options = gpu_targets.COMPILER_OPTIONS if topo and gpu_targets.parse(topo) else None
+  compiled, rows, mesh = compile_step(config, devices, options)
   logging.info("sharding report:\n%s", report.format_table(rows))
   report.check_replication(rows, mesh.size, config.mesh.get("max_replicated_fraction", 1.0))
   out = summarize(compiled, rows, mesh)
