@@ -104,6 +104,21 @@ def test_compiles_the_train_step_for_a_tpu_topology():
   assert out["hbm_gib"] == 95 and out["peak_of_hbm"] == out["peak_gib"] / 95  # v5p's HBM
 
 
+@pytest.mark.skipif(not dry_run.has_libtpu(), reason=_NO_LIBTPU)
+def test_compiles_the_flash_train_step_for_a_tpu_topology():
+  """model.attention='flash' for a v5p slice from this CPU host: the compiled step holds the
+  Mosaic kernels (forward, dq, dk/dv; attention.flash_dispatch's TPU branch under shard_map),
+  not the interpret-mode emulation the CPU would run."""
+  c = tiny_config()
+  c.model.attention = "flash"
+  c.dry_run_topology = "v5p-8"
+  compiled, _, _ = dry_run.compile_step(c, dry_run._topology_devices("v5p-8"))
+  text = compiled.as_text()
+  assert text.count("tpu_custom_call") >= 3, "no Mosaic kernels in the compiled step"
+  for name in ("mogao_flash_tpu_fwd", "mogao_flash_tpu_dq", "mogao_flash_tpu_dkv"):
+    assert name in text, name
+
+
 def test_trainer_dry_run_compiles_without_training(tmp_path):
   from mogao_jax.train import loop  # pylint: disable=g-import-not-at-top
   c = tiny_config()
