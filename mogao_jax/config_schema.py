@@ -187,6 +187,7 @@ SCHEMA: dict[str, Key] = {
     "model.vit_norm_eps": _float(0.0, lo_open=True, optional=True),
     "model.vit_images": _int(0, optional=True),
     "model.vis_images": _int(0, optional=True),
+    "model.vis_grid": _int(0, optional=True),
     "model.mask_other": _STR,  # model/masks.py parses the table and names the key
     "model.mask_same": _STR,
     "model.scan_layers": _BOOL,
@@ -215,6 +216,8 @@ SCHEMA: dict[str, Key] = {
     "optim.b2": _float(0.0, 1.0, hi_open=True),
     "optim.clip_norm": _float(0.0, optional=True, nullable=True),  # 0 / None = no clipping
     "optim.eps": _float(0.0, lo_open=True, optional=True),
+    # part (train/optimizer.py PARTS) -> lr multiplier, 0 = frozen; the parts named there
+    "optim.lr_scale": Key("weights", optional=True),
     # --- the loop
     "train.steps": _pos(),
     "train.log_every": _pos(),

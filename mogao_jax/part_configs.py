@@ -6,6 +6,7 @@ SigLIP vision model and a diffusers AutoencoderKL.
     keys = siglip_keys(dir)      # model.vit* of the understanding tower, + its patch size
     keys = vae_keys(dir)         # the VAE's latent channels and spatial downsampling
     q, s, v = parts_dir(dir)     # dir/qwen2, dir/siglip, dir/vae, each checked
+    check_image_size(res, ...)   # a side both encoders take, else the nearest valid ones
 
 Nothing here chooses a size: every number comes from the parts' files.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 PARTS = ("qwen2", "siglip", "vae")
@@ -114,3 +116,27 @@ def vae_keys(path: str) -> dict:
   hf = read_config(path)
   return dict(latent_channels=hf.get("latent_channels", 4),
               factor=2 ** (len(hf.get("block_out_channels", (128, 256, 512, 512))) - 1))
+
+
+def valid_image_sizes(near: int, patch: int, factor: int, latent_patch: int,
+                      count: int = 2) -> list[int]:
+  """The image sides nearest to `near` that both encoders take: multiples of lcm(SigLIP patch,
+  VAE downsampling x latent_patch), `count` below (or at) and above it."""
+  step = math.lcm(patch, factor * latent_patch)
+  below = [near // step * step - i * step for i in range(count)]
+  above = [(near // step + 1 + i) * step for i in range(count)]
+  return sorted(s for s in below + above if s > 0)
+
+
+def check_image_size(res: int, patch: int, factor: int, latent_patch: int, siglip: str = "",
+                     vae: str = "") -> None:
+  """ValueError naming the valid sides nearest to `res` unless it divides by the SigLIP patch
+  and by the VAE's downsampling x latent_patch."""
+  if res > 0 and res % patch == 0 and res % (factor * latent_patch) == 0:
+    return
+  sizes = valid_image_sizes(res, patch, factor, latent_patch)
+  raise ValueError(
+      f"config argument res={res}: must be a multiple of the SigLIP patch {patch} ({siglip}) "
+      f"and of the VAE's downsampling {factor} x latent_patch={latent_patch} ({vae}), i.e. of "
+      f"{math.lcm(patch, factor * latent_patch)}; the nearest valid sizes: "
+      f"{', '.join(map(str, sizes))} (res=N)")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mogao_jax import part_configs
+from mogao_jax.data import batch as batch_lib
 
 DTYPES = ("float16", "bfloat16", "float32")
 MODES = ("pixels", "precomputed", "encode")
@@ -127,6 +128,21 @@ def vision_images(l_vis: int, grid: tuple[int, int]) -> int:
   return max(1, l_vis // (grid[0] * grid[1]))
 
 
+def _check_vision_grid(config, grid: int, factor: int) -> None:
+  """The model's vision grid (batch.config_vision_grid: the images per row it computes the
+  timestep modulation for) must be the latent grid of a data.image_size image."""
+  if "model" not in config:
+    return
+  have = batch_lib.config_vision_grid(config)
+  if have != grid:
+    d = config.data
+    raise ValueError(
+        f"config.model.vis_grid={config.model.get('vis_grid', 0)} (vision grid {have}) but a "
+        f"config.data.image_size={d.image_size} image has a latent grid of {d.image_size} / "
+        f"(VAE downsampling {factor} x config.data.latent_patch={d.latent_patch}) = {grid}: set "
+        f"config.model.vis_grid={grid} (the row's image capacities are counted in it)")
+
+
 def check_config(config) -> None:
   """config.data.latents / latent_patch / latent_channels / vae against config.model.latent_dim
   and the VAE's own config.json ("pixels" is pipeline._check's business)."""
@@ -154,11 +170,12 @@ def check_config(config) -> None:
   if have != c:
     raise ValueError(f"config.data.latent_channels={c} but the VAE of config.data.vae has "
                      f"{have} latent channels ({os.path.join(d.vae, 'config.json')})")
+  f = vae["factor"]
+  if mode == "encode" and d.image_size % (f * p):
+    raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
+                     f"downsampling {f} x config.data.latent_patch={p}")
+  _check_vision_grid(config, d.image_size // (f * p), f)
   if mode == "encode":
-    f = vae["factor"]
-    if d.image_size % (f * p):
-      raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
-                       f"downsampling {f} x config.data.latent_patch={p}")
     buckets = [tuple(b) for b in (d.get("image_buckets", None) or ())]
     if buckets and buckets != [(d.image_size, d.image_size)]:
       raise ValueError(f"config.data.latents='encode' encodes one image size, "
