@@ -241,6 +241,9 @@ SCHEMA: dict[str, Key] = {
     "mesh.rules": Key("any"),
     "mesh.axis_types": _choice("auto", "explicit", optional=True),
     "mesh.max_replicated_fraction": _float(0.0, 1.0, optional=True),
+    # GiB per device for the start-up memory check (parallel/estimate.py check_fits): 0 = the
+    # device's own (memory_stats, else the data sheet; unknown on CPU: no check), -1 = no check
+    "mesh.device_memory_gib": _float(-1.0, optional=True),
     "dist.auto": Key("bool", optional=True),
     "dist.coordinator_address": Key("str", optional=True),
     "dist.num_processes": _pos(optional=True),

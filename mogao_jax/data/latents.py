@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
+import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -182,3 +185,38 @@ def check_config(config) -> None:
                        f"config.data.image_size={d.image_size} square; config.data."
                        f"image_buckets={buckets} has others (encode them offline: "
                        "python -m mogao_jax.encode_latents, then data.latents='precomputed')")
+
+
+# encode_latents' progress marker beside its part files (one per shard).
+_MARKER = re.compile(r"latents-\d+-of-\d+\.progress\.json")
+
+
+def check_shards(config, files, buckets) -> None:
+  """("precomputed") before any compile: the encode_latents progress markers beside `files`
+  (a source's ArrayRecord files) must record the run's image buckets (config.data.image_size /
+  image_buckets: `buckets`) and latent channels (config.data.latent_channels); ValueError naming
+  the marker file and the key. Files without a marker (not written by encode_latents) pass."""
+  d = config.data
+  want = sorted(tuple(int(v) for v in b) for b in buckets)
+  for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in files}):
+    for marker in sorted(glob.glob(os.path.join(folder, "latents-*.progress.json"))):
+      if not _MARKER.fullmatch(os.path.basename(marker)):
+        continue
+      try:
+        with open(marker) as fh:
+          progress = json.load(fh)
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{marker}: unreadable encode_latents progress marker ({e})") from e
+      got = sorted(tuple(int(v) for v in b) for b in progress["settings"].get("buckets", ()))
+      if got != want:
+        raise ValueError(
+            f"{marker}: latents encoded for images of {got} (settings.buckets) but this run's "
+            f"config.data.image_size={d.image_size} / config.data.image_buckets give {want}: "
+            "set those keys to the encoded sizes, or re-encode (python -m "
+            "mogao_jax.encode_latents --image_size / --image_buckets)")
+      channels = progress.get("latent_channels")
+      if channels is not None and channels != d.latent_channels:
+        raise ValueError(
+            f"{marker}: latents of {channels} channels (latent_channels) but "
+            f"config.data.latent_channels={d.latent_channels}: the VAE that encoded them is "
+            "not the run's (config.data.vae)")

@@ -35,10 +35,12 @@ import numpy as np
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import latents
 from mogao_jax.data import encoding
+from mogao_jax.data import images
 from mogao_jax.data import packing
 from mogao_jax.data import records
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data import transforms
+from mogao_jax.data.sources import jsonl
 from mogao_jax.data.sources import specs as specs_lib
 from mogao_jax.data.sources import world
 
@@ -89,6 +91,10 @@ def _check(config, mix, process_index: int, process_count: int) -> int:
   if d.get("latents", "pixels") == "precomputed" and any(s.kind == "world" for s in mix):
     raise ValueError("config.data.latents='precomputed' needs sources whose images carry "
                      "latents (python -m mogao_jax.encode_latents); the world has none")
+  if d.get("latents", "pixels") == "precomputed":
+    for s in mix:
+      if s.kind == "arrayrecord":
+        latents.check_shards(config, jsonl.expand(s.target), images.buckets_from_config(d))
   patch_dim = d.patch_size * d.patch_size * 3  # pixel space: the "latent" is the patch too
   for key in ("patch_dim",) if latents.vision_slots(d)[0] else ("patch_dim", "latent_dim"):
     if "model" in config and config.model.get(key, patch_dim) != patch_dim:

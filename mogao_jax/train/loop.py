@@ -147,6 +147,7 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
   rules = rules_lib.make_rules(config, mesh)
   _check_batch_split(config, mesh, rules)
   tx, schedule = optim_lib.make_optimizer(config)
+  dry_run.check_memory(config, list(mesh.devices.flat))  # before any data read or compile
 
   ckpt = ckpt_lib.Checkpointer(workdir, config)
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
