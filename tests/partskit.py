@@ -62,6 +62,14 @@ REAL_CONFIGS = {
 }
 
 
+def recipe_config(parts: str, arg: str = "target=h100:8"):
+  """experiments/mogao_from_parts.py's config for a parts directory and config arguments."""
+  from mogao_jax import config_args  # pylint: disable=g-import-not-at-top
+  from tests.configs import REPO  # pylint: disable=g-import-not-at-top
+  return config_args.load_experiment(REPO / "experiments" / "mogao_from_parts.py").get_config(
+      f"parts={parts},{arg}")
+
+
 def config_only_parts(root, skip: str = "", configs: dict | None = None) -> str:
   """A parts directory of config.json files and empty weight files: enough for reading the
   experiment config and for a dry run (no torch), not for training. `skip` leaves one part
