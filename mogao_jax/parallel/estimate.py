@@ -152,12 +152,15 @@ def _fixes(config, est: dict) -> list[str]:
   return out
 
 
-def check_fits(config, num_devices: int, device_gib: float | None) -> dict:
+def check_fits(config, num_devices: int, device_gib: float | None) -> dict | None:
   """The estimate for `num_devices`; MemoryFitError naming the keys to change when it exceeds
-  `device_gib` (None or <= 0: nothing to compare with)."""
+  `device_gib`. None (no estimate made: it costs an abstract init) when `device_gib` is None
+  or <= 0, i.e. nothing to compare with."""
+  if not device_gib or device_gib <= 0:
+    return None
   est = memory_per_device(config, num_devices)
   total = est["gib"]["total"]
-  if device_gib and device_gib > 0 and total > device_gib:
+  if total > device_gib:
     fixes = "\n  ".join(_fixes(config, est))
     raise MemoryFitError(
         f"the step needs about {total:.1f} GiB per device (parallel/estimate.py, +-30%) but a "

@@ -103,8 +103,9 @@ def device_memory_gib(config, device) -> float | None:
   return key if key > 0 else hbm_gib(device)
 
 
-def check_memory(config, devices) -> dict:
-  """The start-up memory check (parallel/estimate.py check_fits) for `devices`."""
+def check_memory(config, devices) -> dict | None:
+  """The start-up memory check (parallel/estimate.py check_fits) for `devices`; the estimate,
+  or None where the device memory is unknown (CPU) or the check is off."""
   return estimate.check_fits(config, len(devices), device_memory_gib(config, devices[0]))
 
 
@@ -166,7 +167,8 @@ def run(config) -> dict:
   topo = config.get("dry_run_topology", "")
   devices = _topology_devices(topo) if topo else None
   try:  # the trainer stops here; the dry run goes on to XLA's own numbers
-    est = check_memory(config, devices or jax.devices())["gib"]["total"]
+    est = check_memory(config, devices or jax.devices())
+    est = est and est["gib"]["total"]
   except estimate.MemoryFitError as e:
     logging.warning("dry run: %s", e)
     est = None
