@@ -41,6 +41,13 @@ def test_parts_by_parameter_path():
     assert parts[k] == "vision", k
 
 
+def test_unscanned_layers_are_parts_too():  # model.scan_layers=False names layers_<i>
+  key = jax.tree_util.DictKey
+  path = lambda *names: tuple(key(n) for n in names)  # noqa: E731
+  assert optimizer.part_of(path("stack", "layers_3", "txt", "q_proj", "kernel")) == "text"
+  assert optimizer.part_of(path("stack", "layers_3", "vis", "q_proj", "kernel")) == "vision"
+
+
 def test_boxed_params_keep_their_parts():
   boxed = jax.tree.map(lambda x: nn.Partitioned(x, ("a",) + (None,) * (x.ndim - 1)), _params())
   assert set(_parts(boxed).values()) == {"vit", "connector", "text", "vision"}

@@ -26,7 +26,7 @@ import optax
 PARTS = (
     ("vit", r"vit/"),  # the understanding tower (SigLIP or the tiny ViT)
     ("connector", r"connector/"),  # ViT features -> LM width
-    ("text", r"(embed_tokens|lm_head|txt_norm)/|stack/layers/txt/"),  # the pretrained LM
+    ("text", r"(embed_tokens|lm_head|txt_norm)/|stack/layers[^/]*/txt/"),  # the pretrained LM
     ("vision", r""),
 )
 FROZEN = "frozen"
