@@ -80,7 +80,7 @@ def step_flops(batch: dict, mcfg, padded: bool = False) -> dict:
   k = batch_lib.vit_capacity(c["l_txt"], mcfg.vit_grid, mcfg.vit_images)
   n = mcfg.vit_grid ** 2
   # ... and the timestep conditioning over its 2 * vis_capacity + 1 image copies per row.
-  k_vis = batch_lib.vis_capacity(c["l_vis"], mcfg.vit_grid, mcfg.vis_images)
+  k_vis = batch_lib.vis_capacity(c["l_vis"], mcfg.vision_grid, mcfg.vis_images)
   if padded:
     n_txt, n_vis, n_vit = b * c["l_txt"], b * c["l_vis"], b * k * n
   else:

@@ -57,16 +57,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   patch = sv["patch_size"]
   res = args.res or sv["image_size"]
   step = vk["factor"] * args.latent_patch
-  if res % patch or res % step:
-    raise ValueError(f"config argument res={res}: must be a multiple of the SigLIP patch "
-                     f"{patch} ({siglip}) and of the VAE's downsampling {vk['factor']} x "
-                     f"latent_patch={args.latent_patch} ({vae})")
+  part_configs.check_image_size(res, patch, vk["factor"], args.latent_patch, siglip, vae)
   vit_grid, latent_grid = res // patch, res // step
   c.data.update(dict(image_size=res, patch_size=patch, latents="encode", vae=vae,
                      latent_patch=args.latent_patch, latent_channels=vk["latent_channels"],
                      batch_size=args.batch))
   c.model.latent_dim = vk["latent_channels"] * args.latent_patch ** 2
   c.model.vit_grid = vit_grid
+  c.model.vis_grid = latent_grid  # capacities of the vision stream count latent grids
   c.data.l_vis = 3 * latent_grid * latent_grid  # an edit pair and a bit
   c.data.l_txt = max(96, 3 * vit_grid * vit_grid)
   sp_tok = os.path.join(args.parts, "tokenizer.model")

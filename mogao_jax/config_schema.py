@@ -200,6 +200,7 @@ SCHEMA: dict[str, Key] = {
     "model.vit_norm_eps": _float(0.0, lo_open=True, optional=True),
     "model.vit_images": _int(0, optional=True),
     "model.vis_images": _int(0, optional=True),
+    "model.vis_grid": _int(0, optional=True),
     "model.mask_other": _STR,  # model/masks.py parses the table and names the key
     "model.mask_same": _STR,
     "model.scan_layers": _BOOL,
@@ -228,6 +229,8 @@ SCHEMA: dict[str, Key] = {
     "optim.b2": _float(0.0, 1.0, hi_open=True),
     "optim.clip_norm": _float(0.0, optional=True, nullable=True),  # 0 / None = no clipping
     "optim.eps": _float(0.0, lo_open=True, optional=True),
+    # part (train/optimizer.py PARTS) -> lr multiplier, 0 = frozen; the parts named there
+    "optim.lr_scale": Key("weights", optional=True),
     # --- the loop
     "train.steps": _int(1, STEPS_MAX),
     "train.log_every": _pos(),
@@ -252,6 +255,9 @@ SCHEMA: dict[str, Key] = {
     "mesh.rules": Key("any"),
     "mesh.axis_types": _choice("auto", "explicit", optional=True),
     "mesh.max_replicated_fraction": _float(0.0, 1.0, optional=True),
+    # GiB per device for the start-up memory check (parallel/estimate.py check_fits): 0 = the
+    # device's own (memory_stats, else the data sheet; unknown on CPU: no check), -1 = no check
+    "mesh.device_memory_gib": _float(-1.0, optional=True),
     "dist.auto": Key("bool", optional=True),
     "dist.coordinator_address": Key("str", optional=True),
     "dist.num_processes": _pos(optional=True),

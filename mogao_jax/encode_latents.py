@@ -227,8 +227,13 @@ def run_shard(job: Job, encoder, vae_id: str, shard_index: int, num_shards: int)
       logging.info("shard %d of %d: already done (%s), skipped", shard_index, num_shards, marker)
       return progress
   os.makedirs(job.out, exist_ok=True)
+  # latent_channels beside the settings (a marker from before it was recorded still resumes):
+  # training checks it, with settings.buckets, at start-up (data/latents.py check_shards).
   progress = progress or {"settings": settings, "parts": [], "records_in": 0, "counts": {},
                           "done": False}
+  channels = getattr(getattr(encoder, "cfg", None), "latent_channels", None)
+  if channels is not None:
+    progress.setdefault("latent_channels", channels)
   strays = glob.glob(os.path.join(job.out, f"{prefix}-*")) + glob.glob(f"{marker}.tmp*")
   for stray in strays:  # a temporary file, or a part not yet recorded (it is redone)
     if os.path.basename(stray) not in progress["parts"]:

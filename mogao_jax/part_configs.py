@@ -6,6 +6,7 @@ SigLIP vision model and a diffusers AutoencoderKL.
     keys = siglip_keys(dir)      # model.vit* of the understanding tower, + its patch size
     keys = vae_keys(dir)         # the VAE's latent channels and spatial downsampling
     q, s, v = parts_dir(dir)     # dir/qwen2, dir/siglip, dir/vae, each checked
+    check_image_size(res, ...)   # a side both encoders take, else the nearest valid ones
 
 Nothing here chooses a size: every number comes from the parts' files.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 PARTS = ("qwen2", "siglip", "vae")
@@ -45,8 +47,93 @@ def parts_dir(path: str) -> tuple[str, str, str]:
     read_config(d)
     if not glob.glob(os.path.join(d, "*.safetensors")):
       raise FileNotFoundError(f"{d}: no *.safetensors weights")
+    check_weights(d, name)
     out.append(d)
   return tuple(out)
+
+
+def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  """Tensor name -> shape of every *.safetensors file in `path`, from the files' headers only
+  (8-byte little-endian length + JSON; no tensor is read). Empty files (the config-only parts
+  of a dry run) hold nothing."""
+  out = {}
+  for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+    if os.path.getsize(f) == 0:
+      continue
+    with open(f, "rb") as fh:
+      try:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+      except (ValueError, MemoryError) as e:
+        raise ValueError(f"{f}: not a safetensors file (unreadable header: {e})") from e
+    out.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+  return out
+
+
+def _expected_shapes(hf: dict, part: str) -> list[tuple[str, int, str, int]]:
+  """(tensor, dim, config key, size) that the part's config.json implies (Hugging Face
+  Qwen2ForCausalLM / SiglipVisionModel / SiglipModel and diffusers AutoencoderKL names)."""
+  if part == "qwen2":
+    h, heads = hf["hidden_size"], hf["num_attention_heads"]
+    hd = hf.get("head_dim") or h // heads
+    kv = hf.get("num_key_value_heads") or heads
+    lay = "model.layers.0."
+    return [("model.embed_tokens.weight", 0, "vocab_size", hf["vocab_size"]),
+            ("model.embed_tokens.weight", 1, "hidden_size", h),
+            (lay + "self_attn.q_proj.weight", 0, "num_attention_heads", heads * hd),
+            (lay + "self_attn.k_proj.weight", 0, "num_key_value_heads", kv * hd),
+            (lay + "mlp.gate_proj.weight", 0, "intermediate_size", hf["intermediate_size"]),
+            ("lm_head.weight", 0, "vocab_size", hf["vocab_size"])]
+  if part == "siglip":
+    v = hf.get("vision_config", hf)
+    p, emb = v["patch_size"], "embeddings."  # "vision_model." prefixes dropped (check_weights)
+    return [(emb + "patch_embedding.weight", 0, "hidden_size", v["hidden_size"]),
+            (emb + "patch_embedding.weight", 2, "patch_size", p),
+            (emb + "position_embedding.weight", 0, "image_size", (v["image_size"] // p) ** 2),
+            ("encoder.layers.0.mlp.fc1.weight", 0, "intermediate_size",
+             v["intermediate_size"])]
+  blocks = hf.get("block_out_channels", (128, 256, 512, 512))
+  latent = hf.get("latent_channels", 4)
+  return [("encoder.conv_in.weight", 0, "block_out_channels", blocks[0]),
+          ("encoder.conv_out.weight", 1, "block_out_channels", blocks[-1]),
+          ("encoder.conv_out.weight", 0, "latent_channels", 2 * latent),
+          ("decoder.conv_in.weight", 1, "latent_channels", latent)]
+
+
+def _layer_count(shapes: dict, prefix: str) -> int:
+  idx = {int(k[len(prefix):].split(".", 1)[0]) for k in shapes if k.startswith(prefix)}
+  return max(idx) + 1 if idx else 0
+
+
+def check_weights(path: str, part: str) -> None:
+  """ValueError naming the file, the config key and the tensor where a part's config.json
+  and its safetensors disagree (e.g. hidden_size against the embedding's shape)."""
+  shapes = safetensors_shapes(path)
+  if not shapes:
+    return
+  hf, cfg = read_config(path), os.path.join(path, "config.json")
+  if part == "siglip":  # SiglipModel names its tower vision_model.*, SiglipVisionModel may not
+    shapes = {k.removeprefix("vision_model."): v for k, v in shapes.items()}
+  counts = {"qwen2": [("model.layers.", "num_hidden_layers", hf.get("num_hidden_layers"))],
+            "siglip": [("encoder.layers.", "num_hidden_layers",
+                        hf.get("vision_config", hf).get("num_hidden_layers"))],
+            "vae": [("encoder.down_blocks.", "block_out_channels",
+                     len(hf.get("block_out_channels", (128, 256, 512, 512))))]}[part]
+  for prefix, key, want in counts:
+    have = _layer_count(shapes, prefix)
+    if have and want is not None and have != want:
+      raise ValueError(f"{cfg}: {key} says {want} layers / blocks but the safetensors in "
+                       f"{path} hold {have} ({prefix}N.*)")
+  for tensor, dim, key, want in _expected_shapes(hf, part):
+    shape = shapes.get(tensor)
+    if shape is not None and (len(shape) <= dim or shape[dim] != want):
+      raise ValueError(f"{cfg}: {key}={_value(hf, key)} does not match the weights: "
+                       f"{tensor} in {path}/*.safetensors has shape {list(shape)} (dimension "
+                       f"{dim} should be {want})")
+
+
+def _value(hf: dict, key: str):
+  return hf.get(key, hf.get("vision_config", {}).get(key))
 
 
 def _rope_theta(hf: dict, path: str) -> float:
@@ -114,3 +201,27 @@ def vae_keys(path: str) -> dict:
   hf = read_config(path)
   return dict(latent_channels=hf.get("latent_channels", 4),
               factor=2 ** (len(hf.get("block_out_channels", (128, 256, 512, 512))) - 1))
+
+
+def valid_image_sizes(near: int, patch: int, factor: int, latent_patch: int,
+                      count: int = 2) -> list[int]:
+  """The image sides nearest to `near` that both encoders take: multiples of lcm(SigLIP patch,
+  VAE downsampling x latent_patch), `count` below (or at) and above it."""
+  step = math.lcm(patch, factor * latent_patch)
+  below = [near // step * step - i * step for i in range(count)]
+  above = [(near // step + 1 + i) * step for i in range(count)]
+  return sorted(s for s in below + above if s > 0)
+
+
+def check_image_size(res: int, patch: int, factor: int, latent_patch: int, siglip: str = "",
+                     vae: str = "") -> None:
+  """ValueError naming the valid sides nearest to `res` unless it divides by the SigLIP patch
+  and by the VAE's downsampling x latent_patch."""
+  if res > 0 and res % patch == 0 and res % (factor * latent_patch) == 0:
+    return
+  sizes = valid_image_sizes(res, patch, factor, latent_patch)
+  raise ValueError(
+      f"config argument res={res}: must be a multiple of the SigLIP patch {patch} ({siglip}) "
+      f"and of the VAE's downsampling {factor} x latent_patch={latent_patch} ({vae}), i.e. of "
+      f"{math.lcm(patch, factor * latent_patch)}; the nearest valid sizes: "
+      f"{', '.join(map(str, sizes))} (res=N)")

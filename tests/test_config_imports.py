@@ -11,7 +11,7 @@ from tests import partskit
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Experiments that need a config argument, with one (a parts directory of configs only).
-_ARGS = {"tiny_latent.py": "parts={parts}"}
+_ARGS = {"tiny_latent.py": "parts={parts}", "mogao_from_parts.py": "parts={parts}"}
 _CODE = """
 import json, pathlib, sys
 from mogao_jax import config_args
@@ -28,7 +28,8 @@ print(json.dumps(out))
 
 
 def test_experiment_configs_import_no_jax(tmp_path):
-  args = {k: v.format(parts=partskit.config_only_parts(tmp_path)) for k, v in _ARGS.items()}
+  parts = partskit.config_only_parts(tmp_path)
+  args = {k: v.format(parts=parts) for k, v in _ARGS.items()}
   r = subprocess.run([sys.executable, "-c", _CODE, json.dumps(args)], cwd=_REPO,
                      capture_output=True, text=True, timeout=120, check=True)
   loaded = json.loads(r.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ _PARTS = {}
 
 def _config(path: pathlib.Path):
   arg = None
-  if path.name == "tiny_latent.py":  # needs a parts directory: config files suffice here
+  if path.name in ("tiny_latent.py", "mogao_from_parts.py"):  # need parts: configs suffice
     if "dir" not in _PARTS:
       _PARTS["dir"] = partskit.config_only_parts(tempfile.mkdtemp(prefix="parts"))
     arg = f"parts={_PARTS['dir']}"

@@ -119,6 +119,21 @@ def test_compiles_the_flash_train_step_for_a_tpu_topology():
     assert name in text, name
 
 
+@pytest.mark.skipif(not dry_run.has_libtpu(), reason=_NO_LIBTPU)
+def test_from_parts_compiles_for_a_tpu_topology(tmp_path):
+  """experiments/mogao_from_parts.py on config-only parts of real sizes (Qwen2.5-7B,
+  SigLIP-so400m, a 16-channel VAE) for a v5p-256 slice, ahead of time: every width real, 2
+  layers of each tower (the full depth's numbers: benchmarks/RESULTS.md)."""
+  from tests import partskit  # pylint: disable=g-import-not-at-top
+  parts = partskit.config_only_parts(tmp_path / "parts", configs=partskit.REAL_CONFIGS)
+  c = partskit.recipe_config(parts, "target=v5p-256")
+  c.model.update(dict(depth=2, vit_depth=2))
+  c.dry_run_topology = "v5p-256"
+  out = dry_run.run(c)
+  assert out["mesh"] == {"data": 1, "fsdp": 128, "tensor": 1}
+  assert out["hbm_gib"] == 95 and 0 < out["peak_gib"] < 95
+
+
 def test_trainer_dry_run_compiles_without_training(tmp_path):
   from mogao_jax.train import loop  # pylint: disable=g-import-not-at-top
   c = tiny_config()

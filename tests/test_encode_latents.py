@@ -329,6 +329,26 @@ def test_latent_config_errors_name_the_keys(config, one_shard):
     pipeline.make_dataset(c, None)
 
 
+def test_shards_of_another_size_or_channel_count_are_refused_at_start_up(config, one_shard):
+  """One line naming the progress marker and the key, before any data read or compile."""
+  from mogao_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  out, progress, _ = one_shard
+  assert progress["latent_channels"] == 4 and progress["settings"]["buckets"] == [[16, 16],
+                                                                                  [16, 24]]
+  marker = f"{out}/latents-00000-of-00001.progress.json"
+  c = _latent_config(config.copy_and_resolve_references(), out, "/tmp")
+  c.data.image_buckets = [[16, 16]]  # the run would resize 16x24 images to 16x16
+  with pytest.raises(ValueError, match=rf"^{marker}: latents encoded for images of "
+                                       r"\[\(16, 16\), \(16, 24\)\] \(settings\.buckets\).*"
+                                       r"config\.data\.image_size=.*\[\(16, 16\)\]"):
+    pipeline.make_dataset(c, None)
+  c = _latent_config(config.copy_and_resolve_references(), out, "/tmp")
+  c.data.latent_channels, c.model.latent_dim = 16, 64
+  with pytest.raises(ValueError, match=rf"^{marker}: latents of 4 channels \(latent_channels\)"
+                                       r" but config\.data\.latent_channels=16"):
+    pipeline.make_dataset(c, None)
+
+
 def test_vae_from_a_diffusers_directory(world, tmp_path):
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")

@@ -91,20 +91,27 @@ def config_vit_capacity(config) -> int:
   return vit_capacity(config.data.l_txt, m.vit_grid, m.get("vit_images", 0))
 
 
-def vis_capacity(l_vis: int, vit_grid: int, vis_images: int = 0) -> int:
+def vis_capacity(l_vis: int, vis_grid: int, vis_images: int = 0) -> int:
   """Images with vision (CVAE / NVAE) copies one row holds: the per-image timestep modulation
   is computed for that many images' copies (model/mogao.py; the packer keeps every row within
-  it). `vis_images` 0 = as many images of vit_grid**2 patches as the vision stream holds."""
-  return _images_per_row(l_vis, vit_grid, vis_images)
+  it). `vis_images` 0 = as many images of vis_grid**2 slots (the LATENT grid of one image,
+  model.vis_grid, not the understanding encoder's) as the vision stream holds."""
+  return _images_per_row(l_vis, vis_grid, vis_images)
+
+
+def config_vision_grid(config) -> int:
+  """The vision stream's grid side of one image: model.vis_grid, 0 = model.vit_grid."""
+  m = config.model
+  return m.get("vis_grid", 0) or m.vit_grid
 
 
 def config_vis_capacity(config) -> int:
-  """vis_capacity of a run config (data.l_vis, model.vit_grid / vis_images); 0 (no cap)
-  without a model section."""
+  """vis_capacity of a run config (data.l_vis, model.vis_grid / vit_grid, vis_images); 0 (no
+  cap) without a model section."""
   if "model" not in config:
     return 0
-  m = config.model
-  return vis_capacity(config.data.l_vis, m.vit_grid, m.get("vis_images", 0))
+  return vis_capacity(config.data.l_vis, config_vision_grid(config),
+                      config.model.get("vis_images", 0))
 
 
 def row_spec(l_txt: int, l_vis: int, patch_dim: int, latent_dim: int):

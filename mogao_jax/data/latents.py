@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
+import json
 import os
+import re
 from typing import Any
 
 import numpy as np
 
 from mogao_jax import part_configs
+from mogao_jax.data import batch as batch_lib
 
 DTYPES = ("float16", "bfloat16", "float32")
 MODES = ("pixels", "precomputed", "encode")
@@ -127,6 +131,21 @@ def vision_images(l_vis: int, grid: tuple[int, int]) -> int:
   return max(1, l_vis // (grid[0] * grid[1]))
 
 
+def _check_vision_grid(config, grid: int, factor: int) -> None:
+  """The model's vision grid (batch.config_vision_grid: the images per row it computes the
+  timestep modulation for) must be the latent grid of a data.image_size image."""
+  if "model" not in config:
+    return
+  have = batch_lib.config_vision_grid(config)
+  if have != grid:
+    d = config.data
+    raise ValueError(
+        f"config.model.vis_grid={config.model.get('vis_grid', 0)} (vision grid {have}) but a "
+        f"config.data.image_size={d.image_size} image has a latent grid of {d.image_size} / "
+        f"(VAE downsampling {factor} x config.data.latent_patch={d.latent_patch}) = {grid}: set "
+        f"config.model.vis_grid={grid} (the row's image capacities are counted in it)")
+
+
 def check_config(config) -> None:
   """config.data.latents / latent_patch / latent_channels / vae against config.model.latent_dim
   and the VAE's own config.json ("pixels" is pipeline._check's business)."""
@@ -157,14 +176,50 @@ def check_config(config) -> None:
   if have != c:
     raise ValueError(f"config.data.latent_channels={c} but the VAE of config.data.vae has "
                      f"{have} latent channels ({os.path.join(d.vae, 'config.json')})")
+  f = vae["factor"]
+  if mode == "encode" and d.image_size % (f * p):
+    raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
+                     f"downsampling {f} x config.data.latent_patch={p}")
+  _check_vision_grid(config, d.image_size // (f * p), f)
   if mode == "encode":
-    f = vae["factor"]
-    if d.image_size % (f * p):
-      raise ValueError(f"config.data.image_size={d.image_size} is not divisible by the VAE's "
-                       f"downsampling {f} x config.data.latent_patch={p}")
     buckets = [tuple(b) for b in (d.get("image_buckets", None) or ())]
     if buckets and buckets != [(d.image_size, d.image_size)]:
       raise ValueError(f"config.data.latents='encode' encodes one image size, "
                        f"config.data.image_size={d.image_size} square; config.data."
                        f"image_buckets={buckets} has others (encode them offline: "
                        "python -m mogao_jax.encode_latents, then data.latents='precomputed')")
+
+
+# encode_latents' progress marker beside its part files (one per shard).
+_MARKER = re.compile(r"latents-\d+-of-\d+\.progress\.json")
+
+
+def check_shards(config, files, buckets) -> None:
+  """("precomputed") before any compile: the encode_latents progress markers beside `files`
+  (a source's ArrayRecord files) must record the run's image buckets (config.data.image_size /
+  image_buckets: `buckets`) and latent channels (config.data.latent_channels); ValueError naming
+  the marker file and the key. Files without a marker (not written by encode_latents) pass."""
+  d = config.data
+  want = sorted(tuple(int(v) for v in b) for b in buckets)
+  for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in files}):
+    for marker in sorted(glob.glob(os.path.join(folder, "latents-*.progress.json"))):
+      if not _MARKER.fullmatch(os.path.basename(marker)):
+        continue
+      try:
+        with open(marker) as fh:
+          progress = json.load(fh)
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{marker}: unreadable encode_latents progress marker ({e})") from e
+      got = sorted(tuple(int(v) for v in b) for b in progress["settings"].get("buckets", ()))
+      if got != want:
+        raise ValueError(
+            f"{marker}: latents encoded for images of {got} (settings.buckets) but this run's "
+            f"config.data.image_size={d.image_size} / config.data.image_buckets give {want}: "
+            "set those keys to the encoded sizes, or re-encode (python -m "
+            "mogao_jax.encode_latents --image_size / --image_buckets)")
+      channels = progress.get("latent_channels")
+      if channels is not None and channels != d.latent_channels:
+        raise ValueError(
+            f"{marker}: latents of {channels} channels (latent_channels) but "
+            f"config.data.latent_channels={d.latent_channels}: the VAE that encoded them is "
+            "not the run's (config.data.vae)")

@@ -37,6 +37,7 @@ import numpy as np
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import latents
 from mogao_jax.data import encoding
+from mogao_jax.data import images
 from mogao_jax.data import packing
 from mogao_jax.data import records
 from mogao_jax.data import shards as shards_lib
@@ -110,6 +111,10 @@ def _check(config, mix) -> None:
   if d.get("latents", "pixels") == "precomputed" and any(s.kind == "world" for s in mix):
     raise ValueError("config.data.latents='precomputed' needs sources whose images carry "
                      "latents (python -m mogao_jax.encode_latents); the world has none")
+  if d.get("latents", "pixels") == "precomputed":
+    for s in mix:
+      if s.kind == "arrayrecord":
+        latents.check_shards(config, jsonl.expand(s.target), images.buckets_from_config(d))
   patch_dim = d.patch_size * d.patch_size * 3  # pixel space: the "latent" is the patch too
   for key in ("patch_dim",) if latents.vision_slots(d)[0] else ("patch_dim", "latent_dim"):
     if "model" in config and config.model.get(key, patch_dim) != patch_dim:

@@ -46,8 +46,12 @@ class ModelConfig:
   # vit_grid**2). The packer enforces it; a row never holds more.
   vit_images: int = 0
   # Images with vision (CVAE / NVAE) copies per row that the per-image timestep modulation is
-  # computed for (batch.vis_capacity; 0 = l_vis // vit_grid**2). The packer enforces it too.
+  # computed for (batch.vis_capacity; 0 = l_vis // vision_grid**2). The packer enforces it too.
   vis_images: int = 0
+  # Vision-stream slots per image side: the latent patch grid of one image (image_size / (VAE
+  # factor x latent_patch)); 0 = vit_grid, which is that grid for pixel patches only. With
+  # pretrained parts the SigLIP grid and the latent grid differ (data/latents.py checks it).
+  vis_grid: int = 0
   # Absolute position of vision-stream (CVAE / NVAE) slots added to their input: "sincos" (a
   # fixed 2-D table of the patch row and column, as BAGEL's latent_pos_embed) | "none" (IL-RoPE
   # only). No parameters either way. The default is "none" so that a config written before the
@@ -62,6 +66,10 @@ class ModelConfig:
   # What the vision head predicts: "velocity" (v = x1 - x0, as Mogao / SD3) or "x1" (the clean
   # latent, converted to a velocity inside the model, so loss and sampler are unchanged).
   predict: str = "velocity"
+
+  @property
+  def vision_grid(self) -> int:
+    return self.vis_grid or self.vit_grid
 
   @property
   def compute_dtype(self):

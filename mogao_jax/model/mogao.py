@@ -114,7 +114,7 @@ class Mogao(nn.Module):
   def __call__(self, b, vis_t_BV):
     c = self.cfg
     x_txt, x_vis = self._embed(b, vis_t_BV)
-    n = batch_lib.vis_capacity(b["vis_kind"].shape[1], c.vit_grid, c.vis_images)
+    n = batch_lib.vis_capacity(b["vis_kind"].shape[1], c.vision_grid, c.vis_images)
     cond_BED, copy_BV = self.conditioning(b, vis_t_BV, n)
     meta = masks.joint_metadata(b)
     if c.attention in ("blockwise", "flash"):  # the mask is built per tile inside attention

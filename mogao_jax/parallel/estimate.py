@@ -20,8 +20,9 @@ Per device, in bytes:
   the attention probabilities and the MLP's elementwise intermediates; head and MLP dimensions
   split over the tensor axis;
 * transient: one layer recomputed in the backward pass (its attention scores and probabilities
-  in float32: attention runs as plain XLA, [heads, L, L] per row) and the float32 logits with
-  their softmax and gradient ([l_txt, vocab / tensor] per row);
+  in float32: dense attention runs as plain XLA, [heads, L, L] per row; blockwise / flash hold
+  [heads, L, attention_block]) and the float32 logits with their softmax and gradient
+  ([l_txt, vocab / tensor] per row);
 * the SigLIP tower (``model.vit = "siglip"``) is not rematted: all its layers' activations and
   attention probabilities are kept, for its image batch of ``batch.vit_capacity`` images per
   row, ``vit_grid``**2 patches each, attending within each image (model/vit.py).
@@ -99,7 +100,9 @@ def memory_per_device(config, num_devices: int) -> dict:
       "full": m.width * act,
       "dots": (2 * m.width + heads_w + 2 * kv_w + m.width + 3 * mlp_w) * act,
   }
-  probs = m.num_heads / tensor * seq * seq * 4  # one row's float32 attention probabilities
+  # One row's float32 attention probabilities: all L x L (dense) or a block of keys at a time.
+  keys = seq if m.get("attention", "dense") == "dense" else min(seq, m.get("attention_block", 128))
+  probs = m.num_heads / tensor * seq * keys * 4
   per_token["none"] = per_token["dots"] + (2 * mlp_w + 4 * m.width) * act + probs / seq
   saved = rows * seq * per_token[m.remat] * m.depth
   transient = rows * (3 * probs + seq * (per_token["none"] - probs / seq))  # one layer again
@@ -119,6 +122,52 @@ def memory_per_device(config, num_devices: int) -> dict:
   gib = {key: v / GIB for key, v in out.items()}
   gib["total"] = sum(gib.values())
   return dict(split, rows_per_device=rows, gib=gib)
+
+
+class MemoryFitError(ValueError):
+  """The estimate exceeds the device memory; the message names the keys to change."""
+
+
+def _fixes(config, est: dict) -> list[str]:
+  """The config keys that would lower the estimate, for the error."""
+  m, g = config.model, est["gib"]
+  out = []
+  if m.remat != "full":
+    out.append(f"model.remat='full' (now {m.remat!r}: saved activations "
+               f"{g['saved_activations']:.1f} GiB)")
+  if m.dtype == "float32":
+    out.append("model.dtype='bfloat16' (activations and gathered weights in half)")
+  if m.get("attention", "dense") == "dense":
+    out.append(f"model.attention='blockwise' (dense holds [heads, L, L] per row: transient "
+               f"{g['transient']:.1f} GiB)")
+  if est["rows_per_device"] > 1:
+    out.append(f"data.batch_size or train.grad_accum_steps ({est['rows_per_device']:g} rows "
+               "per device per microbatch)")
+  if est["mesh"].get("fsdp", 1) < math.prod(est["mesh"].values()):
+    out.append(f"mesh.shape (mesh {est['mesh']}: shard the weights over more devices, fsdp=-1)")
+  if not config.train.get("offload_opt_state", False):
+    out.append(f"train.offload_opt_state=True (Adam state to host: state {g['state']:.1f} GiB)")
+  out.append("optim.lr_scale (0 freezes a part: e.g. vit=0)")
+  out.append("data.l_txt / data.l_vis / model.vit_images (shorter rows, fewer images)")
+  return out
+
+
+def check_fits(config, num_devices: int, device_gib: float | None) -> dict | None:
+  """The estimate for `num_devices`; MemoryFitError naming the keys to change when it exceeds
+  `device_gib`. None (no estimate made: it costs an abstract init) when `device_gib` is None
+  or <= 0, i.e. nothing to compare with."""
+  if not device_gib or device_gib <= 0:
+    return None
+  est = memory_per_device(config, num_devices)
+  total = est["gib"]["total"]
+  if total > device_gib:
+    fixes = "\n  ".join(_fixes(config, est))
+    raise MemoryFitError(
+        f"the step needs about {total:.1f} GiB per device (parallel/estimate.py, +-30%) but a "
+        f"device has {device_gib:.1f} GiB (mesh.device_memory_gib, 0 = the device's own): it "
+        f"will not fit. Change:\n  {fixes}\n({format_estimate(est)})\n"
+        "mesh.device_memory_gib=-1 skips this check.")
+  return est
 
 
 def format_estimate(est: dict) -> str:

@@ -20,6 +20,7 @@ import jax
 from absl import logging
 
 from mogao_jax.data import batch as batch_lib
+from mogao_jax.parallel import estimate
 from mogao_jax.parallel import mesh as mesh_lib
 from mogao_jax.parallel import report
 from mogao_jax.parallel import rules as rules_lib
@@ -99,6 +100,20 @@ def hbm_gib(device) -> float | None:
   return next((g for name, g in _HBM_GIB if name in device.device_kind), None)
 
 
+def device_memory_gib(config, device) -> float | None:
+  """mesh.device_memory_gib when > 0; None when -1 (no check); else the device's own."""
+  key = float(config.mesh.get("device_memory_gib", 0.0) or 0.0)
+  if key < 0:
+    return None
+  return key if key > 0 else hbm_gib(device)
+
+
+def check_memory(config, devices) -> dict | None:
+  """The start-up memory check (parallel/estimate.py check_fits) for `devices`; the estimate,
+  or None where the device memory is unknown (CPU) or the check is off."""
+  return estimate.check_fits(config, len(devices), device_memory_gib(config, devices[0]))
+
+
 def abstract_batch(config, sharding) -> dict:
   d, m = config.data, config.model
   spec = batch_lib.row_spec(d.l_txt, d.l_vis, m.patch_dim, m.latent_dim)
@@ -156,14 +171,25 @@ def run(config) -> dict:
   """Compiles, logs the report and the numbers, returns them (no training)."""
   topo = config.get("dry_run_topology", "")
   devices = _topology_devices(topo) if topo else None
+  try:  # the trainer stops here; the dry run goes on to XLA's own numbers
+    est = check_memory(config, devices or jax.devices())
+    est = est and est["gib"]["total"]
+  except estimate.MemoryFitError as e:
+    logging.warning("dry run: %s", e)
+    est = None
   options = gpu_targets.COMPILER_OPTIONS if topo and gpu_targets.parse(topo) else None
   compiled, rows, mesh = compile_step(config, devices, options)
   logging.info("sharding report:\n%s", report.format_table(rows))
   report.check_replication(rows, mesh.size, config.mesh.get("max_replicated_fraction", 1.0))
   out = summarize(compiled, rows, mesh)
+  if est is not None:
+    out["estimate_gib"] = est
   logging.info("dry run on %s: %s", topo or f"{mesh.size} local devices",
                ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in out.items()))
+  hbm = device_memory_gib(config, mesh.devices.flat[0])
+  if hbm and "peak_gib" in out:
+    out.update(hbm_gib=float(hbm), peak_of_hbm=out["peak_gib"] / hbm)
   if out.get("peak_of_hbm", 0) > 1:
     logging.warning("dry run: the step needs %.1f GiB per device but the device has %.1f GiB:"
                     " it will not fit (shard more, remat, or fewer rows per microbatch)",

@@ -170,6 +170,7 @@ def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
   rules = rules_lib.make_rules(config, mesh)
   _check_batch_split(config, mesh, rules)
   tx, schedule = optim_lib.make_optimizer(config)
+  dry_run.check_memory(config, list(mesh.devices.flat))  # before any data read or compile
 
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
   ckpt.sync_tokenizer(workdir)

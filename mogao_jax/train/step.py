@@ -28,8 +28,18 @@ def _init_boxed(config, model, tx, rng, batch) -> TrainState:
   if config.model.vision_init == "copy_text":  # else "scratch" (config_schema checks)
     params = copy_text_to_vision(params)
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=s_rng,
-                    ema=params if ema_decay(config) else None, nan_run=zero, nan_total=zero)
+  return TrainState(step=zero, params=params, opt_state=_unbox_empty(tx.init(params)),
+                    rng=s_rng, ema=params if ema_decay(config) else None, nan_run=zero,
+                    nan_total=zero)
+
+
+def _unbox_empty(tree):
+  """Boxes holding no array (optax.masked's MaskedNode: a part another transform of
+  optax.multi_transform owns, e.g. a frozen part's) lose their box, so the logical specs
+  (nn.get_partition_spec) and the unboxed state have the same structure."""
+  empty = lambda x: isinstance(x, nn.Partitioned) and not jax.tree.leaves(x.value)  # noqa: E731
+  return jax.tree.map(lambda x: x.value if empty(x) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def ema_decay(config) -> float:
