@@ -18,6 +18,7 @@ import tokenizers
 from mogao_jax import export as export_lib
 from mogao_jax.convert import tokenizer_export
 from mogao_jax.data import documents, hf_tokenizer, pipeline
+from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.sample import engine, load, sampling
 from mogao_jax.train import checkpoint as ckpt_lib
 from mogao_jax.train import optimizer as optim_lib
@@ -60,12 +61,18 @@ def test_hf_tokenizer_json_is_copied_with_its_special_tokens(tmp_path):
       vocab_size=300, special_tokens=["<|pad|>", "<|bos|>", "<|eos|>", "<img>", "</img>"],
       initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
   bpe.train_from_iterator(["a red circle left of a blue square"] * 20 + TEXTS, trainer)
-  run_config = {hf_tokenizer.SPECIALS_KEY: {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}}
-  tokenizer_export.write(str(tmp_path), bpe.to_str().encode(), json.dumps(run_config).encode())
-  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  src = tmp_path / "src"
+  src.mkdir()
+  bpe.save(str(src / "tokenizer.json"))
+  (src / "tokenizer_config.json").write_text(json.dumps(
+      {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}))
+  run = tokenizer_lib.from_files(hf_tokenizer.read_files(
+      str(src), {"img_open": "<img>", "img_close": "</img>"}, "data.tokenizer"))
+  tokenizer_export.write(str(tmp_path / "out"), run.model_proto, run.config_bytes)
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert (hf.bos_token, hf.eos_token, hf.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")
-  for text in TEXTS:
-    assert hf.encode(text) == bpe.encode(text, add_special_tokens=False).ids, text
+  for text in TEXTS:  # a typed <img> is text to the run, and so to the export
+    assert hf.encode(text) == run.encode(text), text
     assert hf.decode(hf.encode(text)) == text
 
 
@@ -225,3 +232,20 @@ def test_torch_generate_runs_without_mogao_jax_or_jax(run):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.split("\n")[:2] == ["image (16, 16, 3)", "[]"], r.stdout
+
+
+def test_qwen_tokenizer_export_encodes_as_the_run_through_autotokenizer(tmp_path):
+  """A run on a Qwen-style tokenizer.json (byte-level BPE + Qwen2.5's added tokens), exported
+  beside a model_type=qwen2 config.json as hf-qwen2 writes it: AutoTokenizer (transformers'
+  own Qwen2 class) encodes every text as the run did, a typed added token included (the run
+  reads it as plain text; the export sets split_special_tokens against Qwen2.5's false)."""
+  src = tmp_path / "qwen2"
+  partskit.write_qwen_tokenizer(str(src))
+  tok = tokenizer_lib.from_files(hf_tokenizer.read_files(str(src), {}, "data.tokenizer"))
+  out = tmp_path / "out"
+  tokenizer_export.write(str(out), tok.model_proto, tok.config_bytes)
+  (out / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  hf = transformers.AutoTokenizer.from_pretrained(str(out))
+  texts = TEXTS + ["a <|vision_start|> b <|endoftext|> c <|im_start|>"]
+  assert [hf.encode(t) for t in texts] == [tok.encode(t) for t in texts]
+  assert hf.eos_token_id == tok.eos_id

@@ -119,6 +119,10 @@ def write(out_dir: str, main: bytes, config_bytes: bytes | None = None) -> list[
     config |= roles
     written = [JSON_FILE, SPM_FILE]
   config.pop("auto_map", None)  # nothing but transformers' own classes
+  # The run never reads a special token out of user text (a typed <|vision_start|> is plain
+  # text: data/hf_tokenizer.py), so neither may the export, whatever the source's config said
+  # (Qwen2.5's says false).
+  config["split_special_tokens"] = True
   with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
     json.dump(config, f, indent=1, sort_keys=True)
   return [f"tokenizer file {n}" for n in written + [CONFIG_FILE]]
