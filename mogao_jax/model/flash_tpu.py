@@ -78,8 +78,9 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
   rule = dict(scale=scale, other=other, same=same)
   bq, bk = block_q, block_k
 
-  def forward(q, k, v, qm, km, lists):
-    """q [B, H, Lq, D], k / v [B, K, Lk, D] (head-major), qm / km [B, 8, L]."""
+  def query_grid(q, k):
+    """The (row, head, query block, visit) grid's sizes and block specs, shared by the forward
+    and dq kernels: q / kv / per-query-row blocks and the two metadata blocks."""
     b, h, lq, d = q.shape
     g, lk = h // k.shape[1], k.shape[2]
     nq, nk = lq // bq, lk // bk
@@ -89,15 +90,19 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     blk_kv = pl.BlockSpec((None, None, bk, d),
                           lambda bi, hi, i, t, idx, fu, cn: (bi, hi // g, kj(bi, i, t, idx), 0))
     row_q = pl.BlockSpec((None, None, 1, bq), lambda bi, hi, i, t, idx, fu, cn: (bi, hi, 0, i))
+    metas = [pl.BlockSpec((None, _SUBLANES, bq), lambda bi, hi, i, t, idx, fu, cn: (bi, 0, i)),
+             pl.BlockSpec((None, _SUBLANES, bk),
+                          lambda bi, hi, i, t, idx, fu, cn: (bi, 0, kj(bi, i, t, idx)))]
+    return (b, h, lq, lk, d, nq, nk), blk_q, blk_kv, row_q, metas
+
+  def forward(q, k, v, qm, km, lists):
+    """q [B, H, Lq, D], k / v [B, K, Lk, D] (head-major), qm / km [B, 8, L]."""
+    (b, h, lq, lk, d, nq, nk), blk_q, blk_kv, row_q, metas = query_grid(q, k)
     return pl.pallas_call(
         functools.partial(kern._fwd_kernel, nq=nq, nk=nk, **rule),  # pylint: disable=protected-access
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(b, h, nq, nk),
-            in_specs=[blk_q, blk_kv, blk_kv,
-                      pl.BlockSpec((None, _SUBLANES, bq),
-                                   lambda bi, hi, i, t, idx, fu, cn: (bi, 0, i)),
-                      pl.BlockSpec((None, _SUBLANES, bk),
-                                   lambda bi, hi, i, t, idx, fu, cn: (bi, 0, kj(bi, i, t, idx)))],
+            in_specs=[blk_q, blk_kv, blk_kv, *metas],
             out_specs=[blk_q, row_q],
             scratch_shapes=[pltpu.VMEM((bq, kern.LANES), jnp.float32)] * 2
             + [pltpu.VMEM((bq, d), jnp.float32)]),
@@ -108,25 +113,12 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     )(*lists, q, k, v, qm, km)
 
   def dq_call(q, k, v, qm, km, lists, do, lse, delta):
-    b, h, lq, d = q.shape
-    g, lk = h // k.shape[1], k.shape[2]
-    nq, nk = lq // bq, lk // bk
-    bits = kern._bits(nk)  # pylint: disable=protected-access
-    kj = lambda bi, i, t, idx: kern._entry(idx, bi * nq + i, t, nk, bits)  # noqa: E731
-    blk_q = pl.BlockSpec((None, None, bq, d), lambda bi, hi, i, t, idx, fu, cn: (bi, hi, i, 0))
-    blk_kv = pl.BlockSpec((None, None, bk, d),
-                          lambda bi, hi, i, t, idx, fu, cn: (bi, hi // g, kj(bi, i, t, idx), 0))
-    row_q = pl.BlockSpec((None, None, 1, bq), lambda bi, hi, i, t, idx, fu, cn: (bi, hi, 0, i))
+    (b, h, lq, lk, d, nq, nk), blk_q, blk_kv, row_q, metas = query_grid(q, k)
     return pl.pallas_call(
         functools.partial(kern._dq_kernel, nq=nq, nk=nk, **rule),  # pylint: disable=protected-access
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(b, h, nq, nk),
-            in_specs=[blk_q, blk_kv, blk_kv,
-                      pl.BlockSpec((None, _SUBLANES, bq),
-                                   lambda bi, hi, i, t, idx, fu, cn: (bi, 0, i)),
-                      pl.BlockSpec((None, _SUBLANES, bk),
-                                   lambda bi, hi, i, t, idx, fu, cn: (bi, 0, kj(bi, i, t, idx))),
-                      blk_q, row_q, row_q],
+            in_specs=[blk_q, blk_kv, blk_kv, *metas, blk_q, row_q, row_q],
             out_specs=blk_q, scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(), interpret=interpret, name="mogao_flash_tpu_dq",
