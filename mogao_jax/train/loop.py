@@ -153,12 +153,16 @@ def train(config, workdir: str, hooks=()) -> list[dict[str, Any]]:
   if config.get("dry_run", False):
     return [dry_run.run(config)]
   validate(config)
+  mesh = mesh_lib.make_mesh(config)
+  rules = rules_lib.make_rules(config, mesh)
+  _check_batch_split(config, mesh, rules)
+  dry_run.check_memory(config, list(mesh.devices.flat))  # before anything is written
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir, jax.process_index() == 0, ckpt_lib.from_process0):
-    return _train_locked(config, workdir, hooks)
+    return _train_locked(config, workdir, hooks, mesh, rules)
 
 
-def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
+def _train_locked(config, workdir: str, hooks, mesh, rules) -> list[dict[str, Any]]:
   ckpt = ckpt_lib.Checkpointer(workdir, config)
   try:  # a resume this config cannot take stops here, before config.json or the card change
     ckpt.preflight(config)
@@ -166,11 +170,7 @@ def _train_locked(config, workdir: str, hooks) -> list[dict[str, Any]]:
     _close_quietly(ckpt.close)
     raise
   write_config(config, workdir)
-  mesh = mesh_lib.make_mesh(config)
-  rules = rules_lib.make_rules(config, mesh)
-  _check_batch_split(config, mesh, rules)
   tx, schedule = optim_lib.make_optimizer(config)
-  dry_run.check_memory(config, list(mesh.devices.flat))  # before any data read or compile
 
   # A resumed run uses the tokenizer it was trained with (saved in the checkpoint).
   ckpt.sync_tokenizer(workdir)
