@@ -119,7 +119,8 @@ def test_compiles_the_flash_train_step_for_a_tpu_topology():
     assert name in text, name
 
 
-@pytest.mark.skipif(not dry_run.has_libtpu(), reason=_NO_LIBTPU)
+@pytest.mark.slow  # ~11 min on a loaded 2-core host: outside CI's AOT step (no --runslow there);
+@pytest.mark.skipif(not dry_run.has_libtpu(), reason=_NO_LIBTPU)  # run by hand: RESULTS 15
 def test_from_parts_compiles_for_a_tpu_topology(tmp_path):
   """experiments/mogao_from_parts.py on config-only parts of real sizes (Qwen2.5-7B,
   SigLIP-so400m, a 16-channel VAE) for a v5p-256 slice, ahead of time: every width real, 2
