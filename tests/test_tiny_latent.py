@@ -64,7 +64,9 @@ def run(request, tmp_path_factory):
   source = partskit.write_world_jsonl(str(root / "data"), 48, probe.data.image_size)
   wd = str(root / "wd")
   first = loop.train(_config(parts, source, 4), wd)
-  resumed = loop.train(_config(parts, source, 6), wd)
+  more = _config(parts, source, 6)
+  more.train.allow_config_change = True  # extending train.steps on resume must be said
+  resumed = loop.train(more, wd)
   return request.param, parts, source, wd, first, resumed
 
 
