@@ -76,6 +76,17 @@ def test_hf_tokenizer_json_is_copied_with_its_special_tokens(tmp_path):
     assert hf.decode(hf.encode(text)) == text
 
 
+def _save_perturbed_run(c, wd: str) -> None:
+  """A workdir of config `c`: config.json, its tokenizer and a step-1 checkpoint of perturbed
+  parameters (every weight matters)."""
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(ckpt_lib.config_to_json(c), f)
+  pipeline.make_tokenizer(c, wd)
+  _, state = convertkit.init_state(c, optim_lib.make_optimizer(c)[0], perturb=True)
+  with ckpt_lib.Checkpointer(wd, c) as ckpt:
+    ckpt.save(1, state, {}, c)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):  # ~40 s; the tests that take it are slow (~2.5 min in all)
   """A workdir with a perturbed checkpoint (every weight matters) of a test-sized model that
@@ -83,12 +94,7 @@ def run(tmp_path_factory):  # ~40 s; the tests that take it are slow (~2.5 min i
   wd = str(tmp_path_factory.mktemp("run"))
   c = tiny_config()
   c.model.update(dict(qkv_bias=True, qk_norm=False, tie_embeddings=False))
-  with open(os.path.join(wd, "config.json"), "w") as f:
-    json.dump(ckpt_lib.config_to_json(c), f)
-  pipeline.make_tokenizer(c, wd)
-  _, state = convertkit.init_state(c, optim_lib.make_optimizer(c)[0], perturb=True)
-  with ckpt_lib.Checkpointer(wd, c) as ckpt:
-    ckpt.save(1, state, {}, c)
+  _save_perturbed_run(c, wd)
   out = {f: str(tmp_path_factory.mktemp(f)) for f in ("torch", "hf-qwen2")}
   for fmt, path in out.items():
     export_lib.export(wd, fmt, path)
@@ -183,12 +189,7 @@ def vae_run(tmp_path_factory):
   c.model.update(dict(latent_dim=16))
   wd = str(root / "run")
   os.makedirs(wd)
-  with open(os.path.join(wd, "config.json"), "w") as f:
-    json.dump(ckpt_lib.config_to_json(c), f)
-  pipeline.make_tokenizer(c, wd)
-  _, state = convertkit.init_state(c, optim_lib.make_optimizer(c)[0], perturb=True)
-  with ckpt_lib.Checkpointer(wd, c) as ckpt:
-    ckpt.save(1, state, {}, c)
+  _save_perturbed_run(c, wd)
   out = str(root / "torch")
   export_lib.export(wd, "torch", out)
   return wd, out
