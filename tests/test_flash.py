@@ -9,7 +9,8 @@ softmax sums the same terms in another order; observed ~1e-6); bfloat16 inputs a
 float32 dense result atol 3e-2 (bf16 q, k, v and probabilities: ~1e-2 observed).
 The tile maps are checked against the dense mask itself: a skipped tile holds no visible pair,
 a "full" tile no invisible one, and the kernel does use both (a forged map changes the result). The backward at blocks smaller than
-the forward's; the TPU lowering refused. tests/test_flash_aot.py compiles it for GPUs.
+the forward's; the TPU lowering refused; the declared pl.CostEstimate of each pallas_call (GPU
+and TPU kernels, one formula). tests/test_flash_aot.py compiles it for GPUs.
 """
 
 import functools
@@ -18,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 
 from mogao_jax.data.batch import Kind
-from mogao_jax.model import attention, flash, layers, masks
+from mogao_jax.model import attention, flash, flash_tpu, layers, masks
 from tests import rowkit
 
 OTHER = masks.parse_table("1100,1100,1110,1110")
@@ -161,3 +163,67 @@ def test_tpu_lowering_refuses_blocks_a_tpu_cannot_take():
   with pytest.raises(ValueError, match="model.attention_block = 16 / 16; a TPU needs multiples"):
     jax.jit(functools.partial(_flash, meta, block=16)).trace(q, k, v).lower(
         lowering_platforms=("tpu",))
+
+def _pallas_calls(jaxpr):
+  """The pallas_call equations of a jaxpr, nested ones (custom_vjp, platform_dependent's
+  branches, jit) included."""
+  for e in jaxpr.eqns:
+    if e.primitive.name == "pallas_call":
+      yield e
+      continue
+    for p in e.params.values():
+      for x in p if isinstance(p, (tuple, list)) else (p,):
+        if isinstance(x, jax.extend.core.ClosedJaxpr):
+          yield from _pallas_calls(x.jaxpr)
+        elif isinstance(x, jax.extend.core.Jaxpr):
+          yield from _pallas_calls(x)
+
+
+def _declared(f, *args):
+  """{kernel name: (its pl.CostEstimate, the bytes of its operands and results)} of the
+  gradient of sum(f(q, k, v)) (traced only)."""
+  jx = jax.make_jaxpr(jax.grad(lambda q, k, v: f(q, k, v).sum(), (0, 1, 2)))(*args)
+  costs = {}
+  for e in _pallas_calls(jx.jaxpr):
+    io = sum(x.aval.size * x.aval.dtype.itemsize for x in (*e.invars, *e.outvars))
+    costs.setdefault(e.params["name"], set()).add((e.params["cost_estimate"], io))
+  return {name: c.pop() for name, c in costs.items() if len(c) == 1}
+
+
+def test_kernels_declare_the_dense_upper_bound_of_their_work():
+  """Every pallas_call carries flash.cost_estimate: FLOPs 4 / 6 / 8 x B x H x Lq x Lk x D
+  (fwd / dq / dk+dv, every tile: the visited lists are data dependent, a CostEstimate static),
+  one exp per score, the bytes of its operands and results. The text row: B 1, 60 slots padded
+  to 64, H 4 query / 2 kv heads, D 8, f32; blocks of 16 (4 x 4 tiles)."""
+  meta = _meta("text")
+  (q, k, v), _, _ = _qkv(meta)
+  got = _declared(functools.partial(_flash, meta, block=16), q, k, v)
+  scores = 1 * 4 * 64 * 64
+  q_b, kv_b, meta_b, lse_b = 64 * 4 * 8 * 4, 64 * 2 * 8 * 4, 4 * 64 * 4, 4 * 64 * 4
+  lists_b = (4 * 4 + 4 * 4 + 4) * 4  # key-block indices, full flags [1, 4, 4], counts [1, 4, 1]
+  ins = q_b + 2 * kv_b + 2 * meta_b + lists_b  # q, k, v, qm, km and the lists
+  want = {"mogao_flash_fwd": (4, ins + q_b + lse_b),  # out, lse
+          "mogao_flash_dq": (6, ins + q_b + 2 * lse_b + q_b),  # + do, lse, delta; dq
+          "mogao_flash_dkv": (8, ins + q_b + 2 * lse_b + 2 * q_b)}  # dk, dv f32 per query head
+  assert set(got) == set(want)  # one estimate per kernel (the CUDA and interpret branches agree)
+  for name, (per_score, nbytes) in want.items():
+    assert got[name] == (pl.CostEstimate(flops=per_score * scores * 8, transcendentals=scores,
+                                          bytes_accessed=nbytes), nbytes), name
+
+
+def test_tpu_kernels_declare_the_same_formula():
+  """flash_tpu's three pallas_calls (interpret mode, traced) declare flash.cost_estimate too:
+  one row of 128 slots, blocks of 128, 2 query heads over 1 kv head, D 128, f32; bytes = its
+  operands and results (the packed block lists, the sublane-padded metadata)."""
+  meta = attention.pad_meta(_meta("text"), 128)
+  stack = jnp.stack([meta[f] for f in ("segment", "kind", "image", "t")], axis=1)
+  vis, full = attention.tile_maps(meta, meta, OTHER, SAME, 128, 128)
+  kernel = flash_tpu.make(OTHER.tobytes(), SAME.tobytes(), 128, 128, 0.1, True)
+  x = lambda n: jnp.zeros((1, 128, n, 128), jnp.float32)  # noqa: E731
+  got = _declared(lambda q, k, v: kernel(q, k, v, stack, stack, vis, full), x(2), x(1), x(1))
+  assert set(got) == {"mogao_flash_tpu_fwd", "mogao_flash_tpu_dq", "mogao_flash_tpu_dkv"}
+  scores = 2 * 128 * 128
+  for name, per_score in (("fwd", 4), ("dq", 6), ("dkv", 8)):
+    c, io = got[f"mogao_flash_tpu_{name}"]
+    assert (c.flops, c.transcendentals, c.bytes_accessed) == (
+        per_score * scores * 128, scores, io), name

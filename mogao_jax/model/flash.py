@@ -35,6 +35,7 @@ whole row's keys per program); a Splash-style TPU kernel takes its place in the 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,29 @@ _META = ("segment", "kind", "image", "t")  # rows of the stacked metadata [B, 4,
 # query / key tile in bytes (block x head_dim x itemsize: f32 at 128 x 128 needs 264,196).
 BWD_BLOCK = 64
 TILE_BYTES = 32768
+# FLOPs per score and head dim of each kernel's matmuls (2 per multiply-add): forward Q K^T and
+# P V; dq: Q K^T again, dO V^T, dS K; dk / dv: Q K^T, P^T dO, dO V^T, dS^T Q.
+FLOPS_PER_SCORE = {"fwd": 4, "dq": 6, "dkv": 8}
+
+
+def cost_estimate(kernel: str, b: int, h: int, lq: int, lk: int, d: int,
+                  arrays) -> pl.CostEstimate:
+  """The work a kernel declares to XLA (pl.CostEstimate; this GPU kernel's and flash_tpu's).
+
+  It is the DENSE upper bound: every (query block, key block) tile of each row and query head
+  visited. Not the visited tiles, because their per-row lists are computed from the batch's
+  metadata at run time while a CostEstimate is static (ints at trace time); the visited share
+  is about half on a causal row and less on packed documents. flops: FLOPS_PER_SCORE[kernel] x
+  B x H x Lq x Lk x D (H query heads, lengths as padded to the blocks); transcendentals: one exp
+  per score; bytes: each operand and result of the call (`arrays`) once, the k / v re-reads of
+  each query block not counted. Mosaic (TPU) hands it to XLA's cost analysis
+  (tests/test_flash_tpu_aot.py); jax 0.10.2's Pallas Triton lowering drops it (`del
+  cost_estimate` in its pallas_call registration: the CUDA custom call carries no cost), so on
+  a GPU it is the jaxpr's record only (tests/test_flash.py reads it there)."""
+  scores = b * h * lq * lk
+  nbytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in arrays)
+  return pl.CostEstimate(flops=FLOPS_PER_SCORE[kernel] * scores * d, transcendentals=scores,
+                         bytes_accessed=nbytes)
 
 
 def _allowed(q_kind, k_kind, table):
@@ -229,14 +253,16 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     lk, kh = k.shape[1], k.shape[2]
     g, nk = h // kh, lk // bk_f
     row_q = pl.BlockSpec((sq, bq_f, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
+    args = (q, k, v, qm, km, *lists)
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((b, h, lq), jnp.float32)]
     return pl.pallas_call(
         functools.partial(_fwd_kernel, block_k=bk_f, **rule),
         grid=(b, h, lq // bq_f), in_specs=_query_grid_specs(bq_f, lk, d, g, nk),
         out_specs=[row_q, pl.BlockSpec((sq, sq, bq_f), lambda bi, hi, i: (bi, hi, i))],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((b, h, lq), jnp.float32)],
-        compiler_params=_triton_params(d, interpret),
-        interpret=interpret, name="mogao_flash_fwd")(q, k, v, qm, km, *lists)
+        out_shape=out_shape, compiler_params=_triton_params(d, interpret),
+        cost_estimate=cost_estimate("fwd", b, h, lq, lk, d, args + tuple(out_shape)),
+        interpret=interpret, name="mogao_flash_fwd")(*args)
 
   def backward(blocks, q, k, v, qm, km, lists, lists_t, out, lse, do):
     bq_b, bk_b = blocks[2:]
@@ -247,17 +273,21 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
     delta = jnp.einsum("blhd,blhd->bhl", do.astype(jnp.float32), out.astype(jnp.float32))
     row_q = pl.BlockSpec((sq, bq_b, sq, d), lambda bi, hi, i: (bi, i, hi, 0))
     per_q = pl.BlockSpec((sq, sq, bq_b), lambda bi, hi, i: (bi, hi, i))
+    args = (q, k, v, qm, km, *lists, do, lse, delta)
+    dq_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, block_k=bk_b, **rule),
         grid=(b, h, nq), in_specs=_query_grid_specs(bq_b, lk, d, g, nk) + [row_q, per_q, per_q],
-        out_specs=row_q, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=params,
-        interpret=interpret, name="mogao_flash_dq")(q, k, v, qm, km, *lists, do, lse, delta)
+        out_specs=row_q, out_shape=dq_shape, compiler_params=params,
+        cost_estimate=cost_estimate("dq", b, h, lq, lk, d, args + (dq_shape,)),
+        interpret=interpret, name="mogao_flash_dq")(*args)
     # dk / dv: a program per (row, query head, key block) over the query blocks that see it.
     all_q = pl.BlockSpec((sq, lq, sq, d), lambda bi, hi, j: (bi, 0, hi, 0))
     blk_kv = pl.BlockSpec((sq, bk_b, sq, d), lambda bi, hi, j: (bi, j, hi // g, 0))
     blk_out = pl.BlockSpec((sq, bk_b, sq, d), lambda bi, hi, j: (bi, j, hi, 0))
     all_per_q = pl.BlockSpec((sq, sq, lq), lambda bi, hi, j: (bi, hi, 0))
+    args = (q, k, v, qm, km, *lists_t, do, lse, delta)
+    dkv_shape = [jax.ShapeDtypeStruct((b, lk, h, d), jnp.float32)] * 2  # per query head
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, block_q=bq_b, **rule),
         grid=(b, h, nk),
@@ -268,10 +298,9 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
                   pl.BlockSpec((sq, sq, nq), lambda bi, hi, j: (bi, j, 0)),
                   pl.BlockSpec((sq, sq, 1), lambda bi, hi, j: (bi, j, 0)),
                   all_q, all_per_q, all_per_q],
-        out_specs=[blk_out, blk_out],
-        out_shape=[jax.ShapeDtypeStruct((b, lk, h, d), jnp.float32)] * 2,
-        compiler_params=params,
-        interpret=interpret, name="mogao_flash_dkv")(q, k, v, qm, km, *lists_t, do, lse, delta)
+        out_specs=[blk_out, blk_out], out_shape=dkv_shape, compiler_params=params,
+        cost_estimate=cost_estimate("dkv", b, h, lq, lk, d, args + tuple(dkv_shape)),
+        interpret=interpret, name="mogao_flash_dkv")(*args)
     group = lambda x: x.reshape(b, lk, kh, g, d).sum(3)  # noqa: E731  query heads -> kv head
     return dq, group(dk).astype(k.dtype), group(dv).astype(v.dtype)
 

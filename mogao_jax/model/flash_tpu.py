@@ -22,6 +22,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from mogao_jax.data.batch import NUM_KINDS
+from mogao_jax.model import flash
 from mogao_jax.model import flash_tpu_kernels as kern
 
 _SUBLANES = 8  # the metadata's fields ride in sublanes 0-3 of an [8, L] block
@@ -54,14 +55,6 @@ def _check_shapes(lq, lk, bq, bk, interpret):
 def _params():
   return pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
-
-
-def _cost(flops_per_score, b, h, lq, lk, d, arrays):
-  """Upper bound (every tile visited): the visited count is data dependent."""
-  scores = b * h * lq * lk
-  return pl.CostEstimate(flops=flops_per_score * scores * d, transcendentals=scores,
-                         bytes_accessed=sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                                            for x in arrays))
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +91,8 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
   def forward(q, k, v, qm, km, lists):
     """q [B, H, Lq, D], k / v [B, K, Lk, D] (head-major), qm / km [B, 8, L]."""
     (b, h, lq, lk, d, nq, nk), blk_q, blk_kv, row_q, metas = query_grid(q, k)
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((b, h, 1, lq), jnp.float32)]
     return pl.pallas_call(
         functools.partial(kern._fwd_kernel, nq=nq, nk=nk, **rule),  # pylint: disable=protected-access
         grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -106,10 +101,10 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
             out_specs=[blk_q, row_q],
             scratch_shapes=[pltpu.VMEM((bq, kern.LANES), jnp.float32)] * 2
             + [pltpu.VMEM((bq, d), jnp.float32)]),
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((b, h, 1, lq), jnp.float32)],
+        out_shape=out_shape,
         compiler_params=_params(), interpret=interpret, name="mogao_flash_tpu_fwd",
-        cost_estimate=_cost(4, b, h, lq, lk, d, (q, k, v, q)),
+        cost_estimate=flash.cost_estimate("fwd", b, h, lq, lk, d,
+                                          (*lists, q, k, v, qm, km, *out_shape)),
     )(*lists, q, k, v, qm, km)
 
   def dq_call(q, k, v, qm, km, lists, do, lse, delta):
@@ -122,7 +117,8 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
             out_specs=blk_q, scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(), interpret=interpret, name="mogao_flash_tpu_dq",
-        cost_estimate=_cost(6, b, h, lq, lk, d, (q, k, v, do, q)),
+        cost_estimate=flash.cost_estimate("dq", b, h, lq, lk, d,
+                                          (*lists, q, k, v, qm, km, do, lse, delta, q)),
     )(*lists, q, k, v, qm, km, do, lse, delta)
 
   def dkv_call(q, k, v, qm, km, lists_t, do, lse, delta):
@@ -152,7 +148,8 @@ def make(other_bytes: bytes, same_bytes: bytes, block_q: int, block_k: int, scal
             scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32)] * 2),
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=_params(), interpret=interpret, name="mogao_flash_tpu_dkv",
-        cost_estimate=_cost(8, b, h, lq, lk, d, (q, k, v, do, k, v)),
+        cost_estimate=flash.cost_estimate("dkv", b, h, lq, lk, d,
+                                          (*lists_t, q, k, v, qm, km, do, lse, delta, k, v)),
     )(*lists_t, q, k, v, qm, km, do, lse, delta)
 
   @jax.custom_vjp
