@@ -5,12 +5,16 @@
 #   DEVICE_CHECK_TINY=1 bash benchmarks/device_check.sh  # CPU dry run: interpret mode, tiny sizes
 #
 # 1. kernel vs dense in bf16 on random packed rows, forward + backward (benchmarks.kernel_check);
+#    then on causal-only rows (one text document per row) against jax's own Pallas Triton
+#    attention (`mha`, causal=True) at 2k and 8k slots: numerics and fwd+bwd speed
+#    (benchmarks.kernel_check --vs_mha);
 # 2. the attention alone at 2k, 8k and 32k slots: dense vs flash (benchmarks.attention);
 # 3. the 1B train step (experiments/mogao_1b_8gpu.py, one GPU's share: 8 rows) dense vs flash:
 #    step time, tokens/s, MFU (benchmarks.step);
 # 4. a jax.profiler trace of the 1B step with flash (benchmarks.profile --trace_dir).
 # Each writes its log to the output folder; the summary table comes last. Targets on an H100
-# (issue 33): flash >= 3x dense at 8k slots (fwd + bwd), the 1B step >= 45% MFU.
+# (issue 33): flash >= 3x dense at 8k slots (fwd + bwd), >= 70% of mha's speed on the causal
+# row (the vs_mha rows print the ratio and the target), the 1B step >= 45% MFU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/device_check}"
@@ -19,6 +23,8 @@ py="${PYTHON:-python}"
 tiny="${DEVICE_CHECK_TINY:-0}"
 if [[ "$tiny" == 1 ]]; then
   kernel=(--slots 256 --rows 2 --heads 2 --kv_heads 1 --head_dim 16 --block 32)
+  mha=(--rows 1 --heads 2 --head_dim 16 --block 32 --repeats 1)
+  mha_slots=(256)
   attn=(--slots 640 --heads 2 --kv_heads 1 --head_dim 16 --block 32 --repeats 1
         --impl dense,flash)
   cfg=experiments/tiny_cpu.py:size=micro
@@ -26,6 +32,8 @@ if [[ "$tiny" == 1 ]]; then
   steps=1
 else
   kernel=(--slots 2048 --rows 2)
+  mha=(--rows 2)  # heads 16 of 128, blocks of 128, 10 timed calls
+  mha_slots=(2048 8192)
   attn=(--slots 2048,8192,32768 --impl dense,flash)
   cfg=experiments/mogao_1b_8gpu.py
   # One GPU's share of the 64-row batch, the world's tokenizer and pixel patches (RESULTS.md 8).
@@ -49,6 +57,10 @@ run() {  # name, log file, pattern, command...: runs it, keeps its log, adds a s
 "$py" -c "import jax; print(jax.devices())" >"$out/devices.txt" 2>&1
 run "kernel vs dense (bf16)" kernel_check.txt "^RESULT" \
   "$py" -m benchmarks.kernel_check "${kernel[@]}"
+for s in "${mha_slots[@]}"; do
+  run "flash vs Pallas mha, causal, $s slots" "vs_mha_$s.txt" "^RESULT" \
+    "$py" -m benchmarks.kernel_check --vs_mha --slots "$s" "${mha[@]}"
+done
 run "attention dense vs flash" attention.txt "^\| flash \| (8192|640) " \
   "$py" -m benchmarks.attention "${attn[@]}"
 for a in dense flash; do
