@@ -10,7 +10,7 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
   batch  global rows per step
   attn   dense | blockwise | flash: model.attention (blockwise and flash never build the L x L
          mask; for long rows, e.g. res=64; flash is the Pallas kernel, interpret mode on CPU)
-  textw  none | answers: data.text_loss_weights, the text loss by the role of the text
+  textw  none | answers | outputs: data.text_loss_weights, the text loss by the role of the text
          (TEXT_WEIGHTS below; none = every text token weighs 1, the key left out)
 """
 
@@ -34,11 +34,13 @@ SIZES = {
 # data.text_loss_weights per textw (issue 34, "the loss on the tokens that teach"): role ->
 # multiplier of its tokens' next-token loss (data/documents.py TEXT_ROLES; unnamed = 1).
 # "answers": the text the evaluation scores (answers, captions, stories) fully, prompts and
-# edit instructions (inputs the model is never asked to write) at 0.3, questions not at all.
+# edit instructions (inputs the model is never asked to write) at 0.3, questions not at all;
+# "outputs": only the scored text (prompts and instructions at 0 too).
 TEXT_WEIGHTS = {
     "none": None,
     "answers": {"prompt": 0.3, "instruction": 0.3, "question": 0.0, "answer": 1.0,
                 "caption": 1.0, "story": 1.0},
+    "outputs": {"prompt": 0.0, "instruction": 0.0, "question": 0.0},
 }
 
 

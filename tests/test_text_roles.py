@@ -186,6 +186,8 @@ def test_tiny_cpu_textw_argument():
       "prompt": 0.3, "instruction": 0.3, "question": 0.0, "answer": 1.0, "caption": 1.0,
       "story": 1.0}
   assert answers == default
-  assert encoding.role_weights(exp.get_config("textw=answers").data)["plain"] == 1.0
+  for preset in exp.TEXT_WEIGHTS:  # every preset names real roles
+    w = encoding.role_weights(exp.get_config(f"textw={preset}").data)
+    assert w is None if preset == "none" else w["plain"] == 1.0
   with pytest.raises(ValueError, match="textw='all'"):
     exp.get_config("textw=all")
