@@ -124,11 +124,10 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
   items = [("t", tokenizer.encode(p.text), p.role) if isinstance(p, documents.Text)
            else ("i", _patched(p, patch_size, latent_patch, latent_dim, encode_grid))
            for p in parts]
-  w = text_loss_weights
-  out = _encode_items(items, tokenizer, patch_size, eos=True, weights=w)
+  out = _encode_items(items, tokenizer, patch_size, eos=True, weights=text_loss_weights)
   if max_len is not None and not _fits(out, max_len):
     n_vit, n_vim = vit_images(out), vision_images(out)
-    cut = _truncate(items, tokenizer, patch_size, max_len, w)
+    cut = _truncate(items, tokenizer, patch_size, max_len, text_loss_weights)
     if cut is not None:
       out = cut
       where = info["id"] or "<document>"

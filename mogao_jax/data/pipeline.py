@@ -319,13 +319,21 @@ def data_metrics(iterator: grain.DatasetIterator,
       out[f"data/{key}/{name or 'world'}"] = float(n)
   for reason, n in (st.get("issues") or {}).items():
     out[f"data/issues/{reason}"] = float(n)
-  roles = st.get("text_tokens") or {}
-  weighed = {r: n * (text_loss_weights or {}).get(r, 1.0) for r, n in roles.items()}
-  total = sum(weighed.values())
-  for role, n in roles.items():
+  shares = text_shares(st, text_loss_weights)
+  for role, n in (st.get("text_tokens") or {}).items():
     out[f"data/text_tokens/{role}"] = float(n)
-    out[f"data/text_share/{role}"] = weighed[role] / total if total > 0 else 0.0
+    out[f"data/text_share/{role}"] = shares[role]
   return out
+
+
+def text_shares(stats: dict[str, Any], text_loss_weights: dict[str, float] | None = None
+                ) -> dict[str, float]:
+  """{role: its share of the text loss weight} from the packers' text_tokens counts and
+  config.data.text_loss_weights (encoding.role_weights; None = all 1)."""
+  weighed = {r: n * (text_loss_weights or {}).get(r, 1.0)
+             for r, n in (stats.get("text_tokens") or {}).items()}
+  total = sum(weighed.values())
+  return {r: w / total if total > 0 else 0.0 for r, w in weighed.items()}
 
 
 def _jsonable(x):
