@@ -10,6 +10,8 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
   batch  global rows per step
   attn   dense | blockwise | flash: model.attention (blockwise and flash never build the L x L
          mask; for long rows, e.g. res=64; flash is the Pallas kernel, interpret mode on CPU)
+  textw  none | answers | outputs: data.text_loss_weights, the text loss by the role of the text
+         (TEXT_WEIGHTS below; none = every text token weighs 1, the key left out)
 """
 
 import ml_collections
@@ -29,19 +31,32 @@ SIZES = {
                   vit_width=128, vit_depth=2, vit_heads=4),
 }
 
+# data.text_loss_weights per textw (issue 34, "the loss on the tokens that teach"): role ->
+# multiplier of its tokens' next-token loss (data/documents.py TEXT_ROLES; unnamed = 1).
+# "answers": the text the evaluation scores (answers, captions, stories) fully, prompts and
+# edit instructions (inputs the model is never asked to write) at 0.3, questions not at all;
+# "outputs": only the scored text (prompts and instructions at 0 too).
+TEXT_WEIGHTS = {
+    "none": None,
+    "answers": {"prompt": 0.3, "instruction": 0.3, "question": 0.0, "answer": 1.0,
+                "caption": 1.0, "story": 1.0},
+    "outputs": {"prompt": 0.0, "instruction": 0.0, "question": 0.0},
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense")
+  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense", textw="none")
   config_args.check_choice(args, "size", SIZES)
   config_args.check_choice(args, "attn", ("dense", "blockwise", "flash"))
+  config_args.check_choice(args, "textw", TEXT_WEIGHTS)
   c = _base()
   _apply_args(c, args)
   return c
 
 
 def _apply_args(c, args) -> None:
-  """size / res / batch / attn -> the keys they set (at the defaults: exactly the values of
-  _base)."""
+  """size / res / batch / attn / textw -> the keys they set (at the defaults: exactly the
+  values of _base; textw=none sets nothing)."""
   c.model.update(SIZES[args.size])
   if args.res <= 0 or args.res % c.data.patch_size:
     raise ValueError(f"config argument res={args.res}: must be a positive multiple of the"
@@ -53,6 +68,8 @@ def _apply_args(c, args) -> None:
   c.data.l_txt = max(96, c.data.l_vis)
   c.data.batch_size = args.batch
   c.model.attention = args.attn
+  if TEXT_WEIGHTS[args.textw] is not None:
+    c.data.text_loss_weights = ml_collections.ConfigDict(TEXT_WEIGHTS[args.textw])
 
 
 def _base() -> ml_collections.ConfigDict:

@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Key:
   """One key: its type, range (``lo``/``hi`` inclusive unless ``*_open``) or choices."""
-  kind: str  # int | float | bool | str | choice | weights | int_pair | ints | strs | any
+  kind: str  # int | float | bool | str | choice | weights | scales | int_pair | ints | strs | any
   lo: float | None = None
   hi: float | None = None
   lo_open: bool = False
@@ -94,9 +94,13 @@ class Key:
       return None  # named per entry
     return None if sum(items.values()) > 0 else "needs at least one weight > 0"
 
+  def _check_scales(self, v) -> str | None:
+    """name -> multiplier >= 0, possibly empty and all 0 (``entry_problems`` checks each)."""
+    return None if hasattr(v, "items") else "must map names to numbers >= 0"
+
   def entry_problems(self, key: str, v) -> list[str]:
     """A weights section's bad entries, each named by its full key (data.doc_weights.t2i)."""
-    if self.kind != "weights" or not hasattr(v, "items"):
+    if self.kind not in ("weights", "scales") or not hasattr(v, "items"):
       return []
     return [f"{key}.{name} = {w!r}: {_WEIGHT.problem(w)}" for name, w in v.items()
             if _WEIGHT.problem(w)]
@@ -153,6 +157,9 @@ SCHEMA: dict[str, Key] = {
     "data.t2i_weights": Key("weights"),
     "data.story_steps": Key("int_pair", lo=1),
     "data.cond_dropout": _PROB,
+    # text role (data/documents.py TEXT_ROLES) -> multiplier of its next-token loss weight
+    # (absent role = 1; data/encoding.py role_weights names an unknown role)
+    "data.text_loss_weights": Key("scales", optional=True),
     "data.eval_seed": _int(0, _SEED_MAX, optional=True),
     "data.vocab_size": _int(6),  # the tokenizer's 6 special symbols (pad unk bos eos <img> </img>)
     "data.tokenizer": Key("str", optional=True),  # sentencepiece file | tokenizer.json | dir

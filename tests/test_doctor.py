@@ -60,6 +60,9 @@ def test_world_and_limit(config, workdir):
   st = rep["stats"]
   assert check.docs_read(st) == 40 and st["source_docs"] == {"world": 40}
   assert "skips (data dropped): none" in check.format_report(rep)
+  roles = st["text_tokens"]  # the world's roles, each a share of the text loss
+  assert {"prompt", "caption", "question", "answer"} <= set(roles)
+  assert f"prompt {roles['prompt']} (" in check.format_report(rep)
 
 
 def test_command_line(corpus):

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+from mogao_jax.data import encoding
 from mogao_jax.data import pipeline
 from mogao_jax.data import records
 from mogao_jax.data.sources import specs as specs_lib
@@ -87,7 +88,8 @@ def run(config, *, source: str | None = None, limit: int = 1000,
   seconds = time.perf_counter() - t0
   return {"sources": sources, "limit": limit, "batches": batches, "seconds": seconds,
           "batch_size": config.data.batch_size, "l_txt": config.data.l_txt,
-          "l_vis": config.data.l_vis, "stats": stats}
+          "l_vis": config.data.l_vis, "stats": stats,
+          "text_shares": pipeline.text_shares(stats, encoding.role_weights(config.data))}
 
 
 def docs_read(stats: dict[str, Any]) -> int:
@@ -122,6 +124,11 @@ def format_report(report: dict[str, Any]) -> str:
       f"time                {report['seconds']:.2f} s   ({docs_read(st) / max(report['seconds'], 1e-9):.0f}"
       " documents/s)",
   ]
+  roles = sorted(st.get("text_tokens", {}).items(), key=lambda x: (-x[1], x[0]))
+  if roles:  # text positions with a loss, and their share of it (data.text_loss_weights)
+    shares = report.get("text_shares", {})
+    lines.append("text loss by role   " + ", ".join(
+        f"{r} {n} ({shares.get(r, 0.0):.0%})" for r, n in roles))
   issues, examples = st.get("issues", {}), st.get("issue_examples", {})
   for title, want in (("skips (data dropped)", False), ("repairs (data kept)", True)):
     found = sorted(((n, r) for r, n in issues.items() if is_repair(r) == want),

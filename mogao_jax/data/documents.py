@@ -13,11 +13,23 @@ from typing import Union
 import numpy as np
 
 
+# What a text span is for; config.data.text_loss_weights weighs its next-token loss by it
+# (data/encoding.py). "plain" (the default) is external data and anything unlabelled; the
+# world's document kinds set the others (data/sources/world/kinds.py): "prompt" is the text
+# before a generated t2i image, "instruction" an edit's, "story" a story's sentences.
+TEXT_ROLES = ("plain", "prompt", "instruction", "question", "answer", "caption", "story")
+
+
 @dataclasses.dataclass(frozen=True)
 class Text:
-  """A span of text; tokenised as one run of TXT tokens."""
+  """A span of text; tokenised as one run of TXT tokens. `role`: one of TEXT_ROLES."""
 
   text: str
+  role: str = "plain"
+
+  def __post_init__(self):
+    if self.role not in TEXT_ROLES:
+      raise ValueError(f"Text.role must be one of {TEXT_ROLES}, got {self.role!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

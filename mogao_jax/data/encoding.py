@@ -8,7 +8,9 @@ the encoded documents into rows.
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+import math
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -17,6 +19,22 @@ from mogao_jax.data import images
 from mogao_jax.data import latents
 from mogao_jax.data.tokenizer import LITERAL_ISSUE
 from mogao_jax.data.batch import Kind
+
+
+def role_weights(data_config) -> dict[str, float] | None:
+  """config.data.text_loss_weights as {role: weight} over every documents.TEXT_ROLES (1.0 where
+  unnamed); None when the key is absent or empty (every text loss weight stays 1). Raises
+  ValueError naming the key on an unknown role or a weight that is not a number >= 0."""
+  given = dict(data_config.get("text_loss_weights", None) or {})
+  if not given:
+    return None
+  for role, w in given.items():
+    if role not in documents.TEXT_ROLES:
+      raise ValueError(f"config.data.text_loss_weights.{role}: unknown text role; the roles "
+                       f"are {documents.TEXT_ROLES} (data/documents.py)")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+      raise ValueError(f"config.data.text_loss_weights.{role} = {w!r}: must be a number >= 0")
+  return {r: float(given.get(r, 1.0)) for r in documents.TEXT_ROLES}
 
 
 def _copies(generate, is_image) -> list[tuple[bool, bool, bool]]:
@@ -58,13 +76,14 @@ def _concat(chunks, dim, prefix) -> dict[str, np.ndarray]:
 
 def encode_document(doc: documents.Document, tokenizer, patch_size: int,
                     max_len: tuple[int, int] | None = None, latent_patch: int = 0,
-                    latent_dim: int = 0, encode_grid: tuple[int, int] | None = None
-                    ) -> dict[str, Any]:
+                    latent_dim: int = 0, encode_grid: tuple[int, int] | None = None,
+                    text_loss_weights: Mapping[str, float] | None = None) -> dict[str, Any]:
   """One document as ECTF stream arrays; T restarts at 0, image ids count 1, 2, ... .
 
   Returns the batch.py txt_*/vis_* fields except txt_segment/vis_segment, each with its own
   length (n_txt, n_vis), plus `"doc"`: {"id", "source", "issues"} from the document's meta
-  (records.py), which the packer counts. A document without any text token or image comes back
+  (records.py) and "text_tokens" ({role: text positions with a loss, before weighting}),
+  which the packer counts. A document without any text token or image comes back
   with both lengths 0 (the packer drops and counts it). Images may be any H x W divisible by
   the patch size; H, W positions are the patch row and column.
 
@@ -84,6 +103,10 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
   `encode_grid` = (gh, gw) (config.data.latents = "encode", with latent_patch and latent_dim):
   the CVAE / NVAE slots are zero on that latent patch grid, and `"vis_pixels"` [k, H, W, 3]
   uint8 holds the k images with vision copies in image-id order, for the input step's VAE.
+
+  `text_loss_weights` ({role: weight}, every role of documents.TEXT_ROLES: `role_weights`)
+  multiplies each text position's loss weight by the role of the token it predicts (see
+  `_target_roles`); None leaves every weight 1 (the arrays are then those of before roles).
   """
   m = doc.meta
   info = {"id": str(m.get(documents.ID, "") or ""),
@@ -98,13 +121,13 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
               for t in tokenizer.special_literals(p.text)]
   if literals:  # encoded as plain text (data/tokenizer.py); counted, the document is kept
     info["issues"].append((LITERAL_ISSUE, f"{info['id'] or '<document>'}: {literals[0]!r}"))
-  items = [("t", tokenizer.encode(p.text)) if isinstance(p, documents.Text)
+  items = [("t", tokenizer.encode(p.text), p.role) if isinstance(p, documents.Text)
            else ("i", _patched(p, patch_size, latent_patch, latent_dim, encode_grid))
            for p in parts]
-  out = _encode_items(items, tokenizer, patch_size, eos=True)
+  out = _encode_items(items, tokenizer, patch_size, eos=True, weights=text_loss_weights)
   if max_len is not None and not _fits(out, max_len):
     n_vit, n_vim = vit_images(out), vision_images(out)
-    cut = _truncate(items, tokenizer, patch_size, max_len)
+    cut = _truncate(items, tokenizer, patch_size, max_len, text_loss_weights)
     if cut is not None:
       out = cut
       where = info["id"] or "<document>"
@@ -117,6 +140,7 @@ def encode_document(doc: documents.Document, tokenizer, patch_size: int,
                                f"copies; a row holds {max_len[3]} (model.vis_images)"))
   if latent_patch:  # rows latent_dim wide even with no vision slot
     out["vis_latent"] = out["vis_latent"].reshape(-1, latent_dim)
+  info["text_tokens"] = out.pop("text_tokens")
   out["doc"] = info
   return out
 
@@ -153,12 +177,12 @@ def _learnable(enc) -> bool:
   return bool(enc["txt_loss_w"].any() or (enc["vis_kind"] == Kind.NVAE).any())
 
 
-def _truncate(items, tokenizer, patch_size, max_len):
+def _truncate(items, tokenizer, patch_size, max_len, weights=None):
   """The longest prefix of `items` (whole parts, then tokens of the next text part) that fits,
   encoded without EOS; None when it must hold the first image and cannot, or teaches nothing."""
   def enc(prefix):
-    return _encode_items(prefix, tokenizer, patch_size, eos=False)
-  first_img = next((j for j, (k, _) in enumerate(items) if k == "i"), None)
+    return _encode_items(prefix, tokenizer, patch_size, eos=False, weights=weights)
+  first_img = next((j for j, item in enumerate(items) if item[0] == "i"), None)
   lo = 0 if first_img is None else first_img + 1  # the shortest prefix allowed
   if not _fits(enc(items[:lo]), max_len):
     return None
@@ -168,13 +192,13 @@ def _truncate(items, tokenizer, patch_size, max_len):
     lo, hi = (mid, hi) if _fits(enc(items[:mid]), max_len) else (lo, mid - 1)
   best = items[:lo]
   if lo < len(items) and items[lo][0] == "t":
-    ids = list(items[lo][1])
+    ids, role = list(items[lo][1]), items[lo][2]
     a, b = 0, len(ids)  # largest m with prefix + ids[:m] fitting (m = 0: the part left out)
     while a < b:
       mid = (a + b + 1) // 2
-      a, b = (mid, b) if _fits(enc(best + [("t", ids[:mid])]), max_len) else (a, mid - 1)
+      a, b = (mid, b) if _fits(enc(best + [("t", ids[:mid], role)]), max_len) else (a, mid - 1)
     if a:
-      best = best + [("t", ids[:a])]
+      best = best + [("t", ids[:a], role)]
   # A prefix ending in an image that is not generated gives that image no copy at all (a VIT
   # copy needs something after it): only its <img></img> shell would remain. Cut it off; if it
   # is the first image, nothing can be kept.
@@ -186,24 +210,28 @@ def _truncate(items, tokenizer, patch_size, max_len):
   return out if _learnable(out) else None
 
 
-def _encode_items(items, tokenizer, patch_size: int, eos: bool) -> dict[str, np.ndarray]:
-  """Tokenised parts ("t", ids) / ("i", _patched(...)) -> stream arrays (see encode_document)."""
+def _encode_items(items, tokenizer, patch_size: int, eos: bool,
+                  weights=None) -> dict[str, np.ndarray]:
+  """Tokenised parts ("t", ids, role) / ("i", _patched(...)) -> stream arrays (see
+  encode_document), plus "text_tokens" (the loss positions per role)."""
   pdim = patch_size * patch_size * 3
-  copies = iter(_copies([kind == "i" and data[0] for kind, data in items],
-                        [kind == "i" for kind, _ in items]))
+  copies = iter(_copies([item[0] == "i" and item[1][0] for item in items],
+                        [item[0] == "i" for item in items]))
   txt, vis, t, img_id = [], [], 0, 0
+  roles = []  # per TXT token: its text part's role, None for BOS / <img> / </img> / EOS
   vis_pixels = []  # ("encode") images with vision copies, in id order
 
-  def tokens(ids):
+  def tokens(ids, role=None):
     nonlocal t
     n = len(ids)
     txt.append(_chunk(n, Kind.TXT, 0, np.arange(t, t + n), token=np.asarray(ids, np.int32)))
+    roles.extend([role] * n)
     t += n
 
   tokens([tokenizer.bos_id])
-  for kind, data in items:
+  for kind, data, *role in items:
     if kind == "t":
-      tokens(data)
+      tokens(data, role[0])
       continue
     vit, cvae, nvae = next(copies)
     img_id += 1
@@ -224,21 +252,42 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool) -> dict[str, np.
   if eos:
     tokens([tokenizer.eos_id])
   if t == (2 if eos else 1):  # BOS (and EOS) only: nothing to learn
-    txt = []
+    txt, roles = [], []
   out = _concat(txt, pdim, "txt") | _concat(vis, pdim, "vis")
-  _set_targets(out, tokenizer.img_close_id)
+  _set_targets(out, tokenizer.img_close_id, _target_roles(roles), weights)
   if vis_pixels:
     out["vis_pixels"] = np.stack(vis_pixels)
   return out
 
 
-def _set_targets(out, img_close_id):
-  """Target = next TXT token of the document; no loss on the last one or on a `</img>` target."""
+def _target_roles(roles: list[str | None]) -> list[str]:
+  """The role of every TXT token. A structural token (BOS, <img>, </img>, EOS: None) takes the
+  role of the text part before it (a prompt ends by opening its image, an answer with EOS), or
+  of the first one after it when none comes before (a caption's BOS -> <img>); "plain" in a
+  document without text. So a document whose text has one role learns nothing from its text
+  when that role weighs 0."""
+  last = next((r for r in roles if r is not None), "plain")
+  out = []
+  for r in roles:
+    last = last if r is None else r
+    out.append(last)
+  return out
+
+
+def _set_targets(out, img_close_id, roles: list[str], weights=None):
+  """Target = next TXT token of the document; no loss on the last one or on a `</img>` target.
+  A position's loss weight is then `weights` of the role of its TARGET (the token it learns to
+  predict: the last question token predicts the answer's first), when `weights` is given."""
   (idx,) = np.nonzero(out["txt_kind"] == Kind.TXT)
   target = np.zeros_like(out["txt_token"])
   target[idx[:-1]] = out["txt_token"][idx[1:]]
   loss_w = np.zeros(len(target), np.float32)
   loss_w[idx[:-1]] = (target[idx[:-1]] != img_close_id).astype(np.float32)
+  target_roles = roles[1:]  # position idx[k] predicts TXT token k + 1
+  out["text_tokens"] = dict(collections.Counter(
+      r for r, w in zip(target_roles, loss_w[idx[:-1]]) if w > 0))
+  if weights is not None and len(target_roles):
+    loss_w[idx[:-1]] *= np.array([weights[r] for r in target_roles], np.float32)
   out["txt_target"], out["txt_loss_w"] = target, loss_w
 
 

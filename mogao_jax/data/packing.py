@@ -56,8 +56,10 @@ class TwoStreamPacker:
   # Per-name counters (dicts), filled from each encoded document's "doc" info (records.py):
   # issues: reason -> documents with it (a document counts once per issue it carries);
   # issue_examples: reason -> the first `where` seen; source_docs / source_packed: source name
-  # -> documents read / packed ("" = a document without a source, e.g. the world's).
-  MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed")
+  # -> documents read / packed ("" = a document without a source, e.g. the world's);
+  # text_tokens: text role -> the packed documents' text positions with a loss (before
+  # config.data.text_loss_weights; encoding.encode_document).
+  MAP_STAT_KEYS = ("issues", "issue_examples", "source_docs", "source_packed", "text_tokens")
 
   def __init__(self, l_txt: int, l_vis: int, patch_dim: int, latent_dim: int, open_rows: int = 4,
                max_drop_run: int = MAX_DROP_RUN, vit_images: int = 0, vis_images: int = 0,
@@ -109,6 +111,8 @@ class TwoStreamPacker:
     self._drops, self._largest = {"oversize": 0, "empty": 0}, (0, 0)
     self.stats["docs_packed"] += 1
     self._count("source_packed", source)
+    for role, n in info.get("text_tokens", {}).items():
+      self.stats["text_tokens"][role] = self.stats["text_tokens"].get(role, 0) + n
     for r, row in enumerate(self.rows):
       if (row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis
           and row.n_vit + ni <= self.vit_cap and row.n_vim + nm <= self.vis_cap):

@@ -95,6 +95,7 @@ def check_config(config) -> None:
 def _check(config, mix) -> None:
   d = config.data
   shards_lib.num_shards(d)
+  encoding.role_weights(d)
   if d.image_size % d.patch_size:
     raise ValueError(f"config.data.image_size={d.image_size} is not divisible by "
                      f"config.data.patch_size={d.patch_size}")
@@ -201,10 +202,10 @@ def mixed_documents(config, mix=None, *, split: str = "train", shard: int = 0,
 
 
 def _encode_cut(doc, *, tokenizer, patch_size, max_len, latent_patch=0, latent_dim=0,
-                encode_grid=None):
+                encode_grid=None, text_loss_weights=None):
   return encoding.encode_document(doc, tokenizer, patch_size, max_len=max_len,
                                  latent_patch=latent_patch, latent_dim=latent_dim,
-                                 encode_grid=encode_grid)
+                                 encode_grid=encode_grid, text_loss_weights=text_loss_weights)
 
 
 def make_dataset(config, tokenizer, *, split: str = "train", process_index: int = 0,
@@ -248,7 +249,8 @@ def _shard_dataset(config, tokenizer, mix, split, shard, n, limit_docs, n_local)
   grid = latents.encode_grid(d) if d.get("latents", "pixels") == "encode" else None
   ds = ds.map(functools.partial(_encode_cut, tokenizer=tokenizer, patch_size=d.patch_size,
                                 max_len=(d.l_txt, d.l_vis, vit_cap, vis_cap), latent_patch=latent_patch,
-                                latent_dim=latent_dim, encode_grid=grid))
+                                latent_dim=latent_dim, encode_grid=grid,
+                                text_loss_weights=encoding.role_weights(d)))
   ds = _maybe_workers(ds, d)
   ds = packing.PackIterDataset(ds, l_txt=d.l_txt, l_vis=d.l_vis,
                                patch_dim=d.patch_size * d.patch_size * 3,
@@ -295,12 +297,15 @@ def packing_stats(iterator: grain.DatasetIterator,
 
 
 def data_metrics(iterator: grain.DatasetIterator,
-                 gather: Callable[[Any], list[Any]] | None = None) -> dict[str, float]:
+                 gather: Callable[[Any], list[Any]] | None = None,
+                 text_loss_weights: dict[str, float] | None = None) -> dict[str, float]:
   """The packers' counters as flat metrics (cumulative over the run, restored with the data
   state): data/docs_read, docs_packed, dropped_oversize, dropped_empty, rows, eff_txt,
   eff_vis, data/source_docs/<name>, data/source_packed/<name> (the plain world is "world"),
-  data/issues/<reason>. Global with `gather` (every process must call it then); else this
-  process's data shards only."""
+  data/issues/<reason>, data/text_tokens/<role> (text loss positions) and
+  data/text_share/<role> (the role's share of the text loss weight, with `text_loss_weights`:
+  encoding.role_weights; None = all 1). Global with `gather` (every process must call it
+  then); else this process's data shards only."""
   st = packing_stats(iterator, gather)
   out = {f"data/{k}": float(st[k]) for k in ("docs_packed", "dropped_oversize", "dropped_empty",
                                               "rows")}
@@ -314,7 +319,21 @@ def data_metrics(iterator: grain.DatasetIterator,
       out[f"data/{key}/{name or 'world'}"] = float(n)
   for reason, n in (st.get("issues") or {}).items():
     out[f"data/issues/{reason}"] = float(n)
+  shares = text_shares(st, text_loss_weights)
+  for role, n in (st.get("text_tokens") or {}).items():
+    out[f"data/text_tokens/{role}"] = float(n)
+    out[f"data/text_share/{role}"] = shares[role]
   return out
+
+
+def text_shares(stats: dict[str, Any], text_loss_weights: dict[str, float] | None = None
+                ) -> dict[str, float]:
+  """{role: its share of the text loss weight} from the packers' text_tokens counts and
+  config.data.text_loss_weights (encoding.role_weights; None = all 1)."""
+  weighed = {r: n * (text_loss_weights or {}).get(r, 1.0)
+             for r, n in (stats.get("text_tokens") or {}).items()}
+  total = sum(weighed.values())
+  return {r: w / total if total > 0 else 0.0 for r, w in weighed.items()}
 
 
 def _jsonable(x):

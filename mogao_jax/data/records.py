@@ -4,7 +4,10 @@ A raw record is a dict (or its `dumps` bytes, or JSON text / bytes of it):
 
     {"id": str,                                  required (an int is accepted and made a str)
      "parts": [                                  required, non-empty, in reading order
-        {"type": "text", "text": str},
+        {"type": "text", "text": str,
+                         "role": str},           optional, default "plain": what the text is
+                                                 for (documents.TEXT_ROLES: prompt, answer,
+                                                 ...), weighing its loss (data.text_loss_weights)
         {"type": "image", "path": str,           relative to the source's image root, or
                           "bytes": bytes,        the encoded file (PNG, JPEG, GIF, WebP, ...;
                                                  in JSON text: a base64 string)
@@ -39,6 +42,7 @@ Repairs (counted, the data is kept):
   text/invalid_utf8             undecodable bytes replaced by U+FFFD
   text/empty                    an empty text part (dropped: it carries nothing)
   json/wrong_type:meta  json/wrong_type:kind   (ignored)
+  json/wrong_type:role  text/unknown_role       (a text part's role: the text is kept, "plain")
 Added downstream: doc/truncated (encoding.encode_document with max_len: a document longer than a
 row, cut at a text boundary; a repair), doc/over_vit_images (the same cut, for a document with
 more images with VIT copies than a row's encoder holds, model.vit_images; a repair) and
@@ -77,7 +81,7 @@ ISSUES, SOURCE, ID = documents.ISSUES, documents.SOURCE, documents.ID  # reserve
 REPAIR_REASONS = ("image/animated_first_frame", "image/mode_converted:", "image/bad_exif",
                   "image/bad_latent", "doc/truncated", "doc/over_vit_images",
                   "text/invalid_utf8", "text/empty", "json/wrong_type:meta",
-                  "json/wrong_type:kind")
+                  "json/wrong_type:kind", "json/wrong_type:role", "text/unknown_role")
 
 
 def is_repair(reason: str) -> bool:
@@ -227,7 +231,19 @@ def _text_part(part, where, issues):
   if not text:
     issues.append(("text/empty", where))
     return None
-  return documents.Text(text)
+  return documents.Text(text, role=_role(part.get("role", "plain"), where, issues))
+
+
+def _role(role, where, issues) -> str:
+  """A text part's role, "plain" (counted) when it is not one of documents.TEXT_ROLES."""
+  if not isinstance(role, str):
+    issues.append(("json/wrong_type:role", f"{where} ({type(role).__name__})"))
+    return "plain"
+  if role not in documents.TEXT_ROLES:
+    issues.append(("text/unknown_role", f"{where} ({role[:40]!r}; known: "
+                                        f"{', '.join(documents.TEXT_ROLES)})"))
+    return "plain"
+  return role
 
 
 def _read_file(path: str, image_root: str | None, where: str, issues) -> bytes | None:
@@ -402,10 +418,14 @@ def check_resolution_fits(res: Resolution, patch_size: int, vit_grid: int | None
                          f"model.vit_grid={vit_grid} is the most per side")
 
 
+def _text_record(p: documents.Text) -> dict:
+  return {"type": "text", "text": p.text} | ({} if p.role == "plain" else {"role": p.role})
+
+
 def from_document(doc: documents.Document, rid: str, fmt: str = "PNG") -> dict:
   """A Document -> a record (images encoded as `fmt` bytes); meta keeps its JSON-able entries
   except the reserved ones. For writing the world or test data in the schema."""
-  parts = [{"type": "text", "text": p.text} if isinstance(p, documents.Text) else
+  parts = [_text_record(p) if isinstance(p, documents.Text) else
            {"type": "image", "bytes": image_bytes(p.pixels, fmt), "generate": bool(p.generate)}
            for p in doc.parts]
   meta = {k: v for k, v in doc.meta.items() if k not in (ID, SOURCE, ISSUES)}

@@ -77,7 +77,7 @@ def score_item(item: EvalItem, output: Any) -> dict[str, Any]:
 def _layout(rng, kind: str, category: str, story_steps: Sequence[int]):
   if kind == "t2i":
     spec = world.t2i_spec(rng, category, "eval")
-    return [("text", spec["prompt"]), ("image", world.Scene.from_json(spec["scene"]), True)], spec
+    return world.t2i_layout(spec), spec
   if kind == "edit":
     return world.edit_layout(rng, "eval", (category,))
   if kind == "vqa":

@@ -32,6 +32,7 @@ import numpy as np
 from mogao_jax import config_schema
 from mogao_jax.convert import init as convert_init
 from mogao_jax.convert import vae as vae_convert
+from mogao_jax.data import encoding
 from mogao_jax.data import latents
 from mogao_jax.data import pipeline
 from mogao_jax.data import shards as shards_lib
@@ -269,6 +270,11 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
   bar, records = metrics_lib.progress(t.steps, start), []
   guard = nan_guard.NanGuard(config)
   first, stop, preempted = True, None, False
+  text_w = encoding.role_weights(config.data)  # for data/text_share/<role>
+
+  def data_metrics():
+    return pipeline.data_metrics(data_iter, ckpt_lib.gather_json, text_w)
+
   for step in range(start, t.steps):
     provenance = pipeline.state_to_json(data_iter.get_state())  # reproduces the next batch
     batch = inputs(step, next(data_iter))
@@ -280,7 +286,7 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
     stop = guard.push(done, metrics, provenance)  # checks the previous step (no stall)
     log.add(metrics, time.perf_counter() - t0 if done == start + 1 else None)
     if done % t.log_every == 0 or done == t.steps:
-      records.append(log.flush(done, pipeline.data_metrics(data_iter, ckpt_lib.gather_json)))
+      records.append(log.flush(done, data_metrics()))
     if done % t.ckpt_every == 0 or done == t.steps:
       t0 = time.perf_counter()
       stop = stop or guard.drain()  # this step's skip flag: the save would block on it anyway
@@ -303,7 +309,7 @@ def _run(config, state, step_fn, data_iter, inputs, save, log, preempt, hooks,
     bar.close()
   stop = stop or guard.drain() or guard.all_skipped(done - start)
   if (stop or preempted) and done > start and log.pending:
-    records.append(log.flush(done, pipeline.data_metrics(data_iter, ckpt_lib.gather_json)))
+    records.append(log.flush(done, data_metrics()))
   if preempted and not guard.in_streak and done > start:
     save(done, state)
   save.ckpt.wait_until_finished()

@@ -82,6 +82,12 @@ def loss_fn(params, model, batch, t_BN, noise_BVC, loss_cfg, counts=None):
   per-device means. ``counts`` = (text, image) loss-token counts of the whole global batch when
   ``batch`` is one microbatch of it (gradient accumulation): the microbatch losses then add up
   to the full batch's loss exactly.
+
+  The text loss is a WEIGHTED MEAN, sum(ce * w) / sum(w), and n_text_tokens is sum(w), not a
+  count: with data.text_loss_weights (data/encoding.py) a role weighing 0 contributes exactly
+  nothing (its w is 0, as padding's), but down-weighting one role raises the gradient of every
+  other text token by sum(w before) / sum(w after), since the text loss keeps its scale against
+  the flow loss (loss.text_weight sets that). Roles only redistribute the text loss.
   """
   ce_BT, se_BV = per_slot_losses(model, params, batch, t_BN, noise_BVC)
   w_txt, w_vis = batch["txt_loss_w"], batch["vis_loss_w"]

@@ -13,7 +13,8 @@ from mogao_jax.data.sources.world.kinds import (DEFAULT_STORY_STEPS, DEFAULT_T2I
                                                 DOC_KINDS, build_layout, check_doc_weights,
                                                 check_story_steps, check_weights, edit_layout,
                                                 make_document, render_layout, story_layout,
-                                                t2i_spec, vqa_layout, world_text_corpus)
+                                                t2i_layout, t2i_spec, vqa_layout,
+                                                world_text_corpus)
 from mogao_jax.data.sources.world.language import (GENEVAL_CATEGORIES, NUMBERS,
                                                    QUESTION_TYPES, T2I_CATEGORIES, describe,
                                                    op_text, position_name, question_answer,

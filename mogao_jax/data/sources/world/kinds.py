@@ -24,7 +24,8 @@ DEFAULT_T2I_WEIGHTS = {c: 1.0 for c in language.GENEVAL_CATEGORIES} | {"full": 2
 DEFAULT_STORY_STEPS = (2, 4)
 STORY_OPS = ("add", "recolour", "move")  # objects appear, change colour, move
 
-# A layout item: ("text", str) or ("image", Scene, generate).
+# A layout item: ("text", str, role) (role: documents.TEXT_ROLES, what the text is for) or
+# ("image", Scene, generate).
 Layout = list[tuple]
 
 
@@ -107,12 +108,17 @@ def t2i_spec(rng: np.random.Generator, category: str, split: str) -> dict[str, A
 def _t2i(rng, split, t2i_weights, story_steps):
   names, probs = check_weights(t2i_weights, language.T2I_CATEGORIES, "config.data.t2i_weights")
   spec = t2i_spec(rng, names[int(rng.choice(len(names), p=probs))], split)
-  return [("text", spec["prompt"]), ("image", Scene.from_json(spec["scene"]), True)], spec
+  return t2i_layout(spec), spec
+
+
+def t2i_layout(spec: dict[str, Any]) -> Layout:
+  """A t2i spec's layout: its prompt, then the scene to generate."""
+  return [("text", spec["prompt"], "prompt"), ("image", Scene.from_json(spec["scene"]), True)]
 
 
 def _caption(rng, split, t2i_weights, story_steps):
   scene = scene_lib.sample_in_split(rng, split, scene_lib.sample_scene)
-  return [("image", scene, False), ("text", language.describe(scene))], {
+  return [("image", scene, False), ("text", language.describe(scene), "caption")], {
       "category": "caption", "scene": scene.to_json()}
 
 
@@ -124,7 +130,7 @@ def vqa_layout(rng, split, qtypes=language.QUESTION_TYPES):
     qa = language.question_answer(scene, qtype, rng)
     if qa:
       break
-  return [("image", scene, False), ("text", qa[0]), ("text", qa[1])], {
+  return [("image", scene, False), ("text", qa[0], "question"), ("text", qa[1], "answer")], {
       "category": qtype, "scene": scene.to_json(), "question": qa[0], "answer": qa[1]}
 
 
@@ -137,7 +143,7 @@ def edit_layout(rng, split, ops=scene_lib.OPS):
       break
   target = scene_lib.apply_op(source, op)
   text = language.op_text(source, op, "edit")
-  return [("image", source, False), ("text", text), ("image", target, True)], {
+  return [("image", source, False), ("text", text, "instruction"), ("image", target, True)], {
       "category": op["op"], "source": source.to_json(), "edit": op, "instruction": text,
       "target": target.to_json()}
 
@@ -153,7 +159,7 @@ def story_layout(rng, split, n_steps):
         break
       text = language.op_text(scene, op, "story")
       scene = scene_lib.apply_op(scene, op)
-      layout += [("text", text), ("image", scene, True)]
+      layout += [("text", text, "story"), ("image", scene, True)]
       steps.append({"op": op, "text": text, "scene": scene.to_json()})
     if len(steps) == n_steps:
       return layout, {"category": "story", "steps": steps}
@@ -188,7 +194,7 @@ def build_layout(rng: np.random.Generator, kind: str, split: str = "train",
 
 def render_layout(layout: Layout, image_size: int, kind: str,
                   meta: dict) -> documents.Document:
-  parts = [documents.Text(x[1]) if x[0] == "text" else
+  parts = [documents.Text(x[1], role=x[2]) if x[0] == "text" else
            documents.Image(render_lib.render(x[1], image_size), generate=x[2]) for x in layout]
   return documents.Document(parts, kind=kind, meta=meta)
 
