@@ -1,5 +1,7 @@
 """The synthetic world, the tokenizer and patchify."""
 
+import importlib
+import itertools
 import re
 
 import numpy as np
@@ -123,6 +125,35 @@ def test_render_colours_sizes_and_antialiasing():
   assert len(blues - {0, world.COLOURS["blue"][2]}) > 0  # partial-coverage edge pixels
   for size in (64, 128):
     assert world.render(world.Scene((obj,)), size).shape == (size, size, 3)
+
+
+def test_cached_render_is_the_painted_render_bit_for_bit():
+  # render() adds each object's cached per-pixel sample counts (render.py); every pixel must be
+  # what painting every sample and averaging gives, at every size and for every object.
+  render_lib = importlib.import_module("mogao_jax.data.sources.world.render")
+  rng = np.random.default_rng(7)
+  for size, n in ((12, 20), (32, 200), (48, 20), (64, 40), (128, 10)):
+    for _ in range(n):
+      s = world.sample_scene(rng)
+      np.testing.assert_array_equal(world.render(s, size), render_lib._render_painted(s, size))
+  for r, c, shape, size in itertools.product(range(3), range(3), world.SHAPES, world.SIZES):
+    s = world.Scene((world.Object(r, c, shape, "cyan", size),))
+    for px in (32, 40):
+      np.testing.assert_array_equal(world.render(s, px), render_lib._render_painted(s, px))
+  # Objects that overlap (no world scene does: scene.valid) are painted, the last on top.
+  a, b = world.Object(1, 1, "square", "red", "large"), world.Object(1, 2, "circle", "blue", "large")
+  both = world.render(world.Scene((a, b)), 32)
+  assert (both[..., 0] == world.COLOURS["red"][0]).any() and (both[..., 2] > 0).any()
+  np.testing.assert_array_equal(both, render_lib._render_painted(world.Scene((a, b)), 32))
+  # The cache hands out read-only counts, so a render cannot corrupt the next one.
+  s = world.Scene((a,))
+  first = world.render(s, 32)
+  first[:] = 255
+  np.testing.assert_array_equal(world.render(s, 32), render_lib._render_painted(s, 32))
+  with pytest.raises(ValueError):
+    render_lib._counts(1, 1, "square", "large", 32)[2][0, 0] = 0
+  with pytest.raises(ValueError, match="unknown shape 'star'"):
+    world.render(world.Scene((world.Object(0, 0, "star", "red", "small"),)), 32)
 
 
 def test_corpus_covers_every_word():
