@@ -200,6 +200,7 @@ def test_patchify_layout_roundtrip_and_errors():
   np.testing.assert_array_equal(images.unpatchify(pw, (2, 4)), wide)
   rows, cols = images.patch_rows_cols((2, 4))
   assert list(rows) == [0] * 4 + [1] * 4 and list(cols) == [0, 1, 2, 3] * 2
+  assert not rows.flags.writeable and images.patch_rows_cols((2, 4))[0] is rows  # one, shared
   with pytest.raises(ValueError, match="square"):  # the sampler's check stays square-only
     images.validate(px[:, :12], 4)
   for bad, msg in ((px[:15, :15], "divisible"), (px[:, :14], "divisible"),
