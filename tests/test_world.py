@@ -156,6 +156,21 @@ def test_cached_render_is_the_painted_render_bit_for_bit():
     world.render(world.Scene((world.Object(0, 0, "star", "red", "small"),)), 32)
 
 
+def test_lazy_add_ops_are_every_add_in_order():
+  # sample_op indexes the "add" ops lazily (scene._Adds); the stream of documents depends on
+  # their order, so it must be the eager (cell, shape, colour, size) product.
+  rng = np.random.default_rng(11)
+  for scene in [world.Scene(())] + [world.sample_scene(rng) for _ in range(20)]:
+    free = [(r, c) for r in range(3) for c in range(3) if scene.at(r, c) is None]
+    eager = [{"op": "add", "cell": [r, c], "shape": s, "colour": k, "size": z}
+             for r, c in free for s in world.SHAPES for k in world.COLOURS for z in world.SIZES]
+    adds, others = scene_lib._ops(scene, world.OPS)
+    assert list(adds) == (eager if len(scene.objects) < world.MAX_OBJECTS else [])
+    assert [adds[i] for i in range(len(adds))] == list(adds)
+    assert {op["op"] for op in others} <= set(world.OPS) - {"add"}
+    assert scene_lib._raw_ops(scene, ("add",)) == list(adds)
+
+
 def test_corpus_covers_every_word():
   def words(text):  # words and punctuation marks
     return set(re.findall(r"[a-z]+|[^\sa-z]", text))
