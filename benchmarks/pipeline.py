@@ -11,7 +11,9 @@ varied aspect ratios and sizes, PNG/JPEG files; generated once into --workdir/we
 with 2 Grain worker processes. The web rows use rows of 1024 + 512 slots and aspect-ratio
 buckets (WEB_DATA below), decode every image with Pillow and resize it to its bucket.
 
-Columns: examples/s = documents read per second (after the first batch, which fills the read
+Columns: ms/batch = wall time per batch; cpu_ms/batch = CPU time per batch of this process and
+its Grain workers (user + system, all threads: what the batch takes from cores a train step
+shares); examples/s = documents read per second (after the first batch, which fills the read
 threads' prefetch); tokens/s = real (non-padding) slots of both streams per second;
 tokens/s/core = tokens per CPU-second of this process and its Grain workers (user + system:
 what one core would do); cpu_util = CPU-seconds per second (how many cores it kept busy).
@@ -80,7 +82,8 @@ def measure(config, workdir: str, batches: int = 20, name: str = "") -> dict:
   issues = sum((after.get("issues") or {}).values())
   return {"config": name, "source": _source_label(config), "batch": config.data.batch_size,
           "batches": batches, "l_txt": config.data.l_txt, "l_vis": config.data.l_vis,
-          "seconds": dt, "examples/s": docs / dt, "rows/s": rows / dt, "tokens/s": tokens / dt,
+          "seconds": dt, "ms/batch": 1e3 * dt / batches, "cpu_ms/batch": 1e3 * cpu / batches,
+          "examples/s": docs / dt, "rows/s": rows / dt, "tokens/s": tokens / dt,
           "tokens/s/core": tokens / max(cpu, 1e-9), "cpu_util": cpu / dt,
           "docs/row": after["docs_packed"] / max(after["rows"], 1),
           "eff_txt": after["efficiency"]["txt"], "eff_vis": after["efficiency"]["vis"],
@@ -94,7 +97,8 @@ def _source_label(config) -> str:
   return "+".join(s.kind for s in specs.mixture(config.data))
 
 
-COLUMNS = ["config", "source", "batch", "batches", "l_txt", "l_vis", "seconds", "examples/s",
+COLUMNS = ["config", "source", "batch", "batches", "l_txt", "l_vis", "seconds", "ms/batch",
+           "cpu_ms/batch", "examples/s",
            "rows/s", "tokens/s", "tokens/s/core", "cpu_util", "docs/row", "eff_txt", "eff_vis",
            "dropped_oversize", "issues", "read_threads", "workers"]
 
