@@ -2,7 +2,7 @@
 Grain graph (mogao_jax.data.pipeline.make_pipeline + packing_stats), on the host only (no model).
 
   python -m benchmarks.pipeline [--config experiments/tiny_cpu.py] [--batches 20]
-                                [--web-docs 2000] [--no-web]
+                                [--web-docs 2000] [--no-web] [--profile]
 
 Rows: each --config on the built-in world (default: tiny_cpu at 32 and 16 px), then a web-like
 corpus (mogao_jax/data/sources/synthetic.py: long-tailed text length, 0-4 images per document of
@@ -140,6 +140,47 @@ def web_config(base, spec: str, workers: int = 0):
   return c
 
 
+# --profile: the host's stages, as (label, file, function) whose cProfile cumulative time is
+# charged to them (sub-stages indented: part of the stage above).
+STAGES = (("world documents (make_document)", "kinds.py", "make_document"),
+          ("  rendering (render)", "render.py", "render"),
+          ("  scenes, ops, texts (build_layout)", "kinds.py", "build_layout"),
+          ("encoding (encode_document)", "encoding.py", "encode_document"),
+          ("  tokenizer", "tokenizer.py", "encode"),
+          ("  patchify", "images.py", "patchify"),
+          ("packing (packer add)", "packing.py", "add"),
+          ("Grain batch (stack rows)", "batch.py", "make_batch"))
+
+
+def profile(config, workdir: str, batches: int = 40) -> list[dict]:
+  """The pipeline made synchronous (no read threads: cProfile sees one thread), its CPU
+  ms per batch without the profiler, then each stage's share of a profiled batch."""
+  import cProfile  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  read_options = grain.ReadOptions
+  pipeline.grain.ReadOptions = lambda **kw: read_options(**{**kw, "num_threads": 0})
+  try:
+    it = pipeline.make_pipeline(config, pipeline.make_tokenizer(config, workdir))
+  finally:
+    pipeline.grain.ReadOptions = read_options
+  next(it)
+  c0 = time.process_time()
+  for _ in range(batches):
+    next(it)
+  plain = (time.process_time() - c0) / batches
+  prof = cProfile.Profile()
+  prof.runcall(lambda: [next(it) for _ in range(batches)])
+  prof.create_stats()
+  def cum(fname, func):
+    return sum(v[3] for (f, _, fn), v in prof.stats.items() if f.endswith(fname) and fn == func)
+  total = sum(v[2] for v in prof.stats.values())  # every function's own time: the whole run
+  rows = [{"stage": "one batch, no profiler (CPU)", "ms": 1e3 * plain, "share": 1.0}]
+  rows.append({"stage": "one batch, profiled", "ms": 1e3 * total / batches, "share": 1.0})
+  rows += [{"stage": label, "ms": 1e3 * cum(f, fn) / batches, "share": cum(f, fn) / total}
+           for label, f, fn in STAGES]
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", action="append", help="experiment file[:arg]; repeatable")
@@ -147,9 +188,16 @@ def main(argv=None):
   p.add_argument("--web-batches", type=int, default=10)
   p.add_argument("--web-docs", type=int, default=2000)
   p.add_argument("--no-web", action="store_true")
+  p.add_argument("--profile", action="store_true",
+                 help="instead: where a batch's host time goes (cProfile by stage, first --config)")
   p.add_argument("--workdir", default=str(REPO / "runs" / "bench"), help="tokenizer, corpus")
   args = p.parse_args(argv)
   specs = args.config or ["experiments/tiny_cpu.py", "experiments/tiny_cpu.py:res=16"]
+  if args.profile:
+    rows = profile(load_config(specs[0]), args.workdir, args.batches)
+    print(common.header(f"Host stages of one batch ({specs[0]}, cProfile, synchronous)"))
+    print(common.table(rows, ["stage", "ms", "share"]))
+    return rows
   rows = [measure(load_config(s), args.workdir, args.batches, s.partition(":")[2] or "default")
           for s in specs]
   if not args.no_web:
