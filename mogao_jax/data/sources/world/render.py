@@ -4,7 +4,7 @@ A pixel is the mean of SUPERSAMPLE x SUPERSAMPLE sub-pixel samples, each the col
 object whose shape covers the sample's centre (else the background). Every sample is an
 integer colour, so the mean is sum / 16 exactly and the pixel is that rounded half to even.
 
-Speed (the host builds a batch's ~60 images beside the train step, benchmarks/RESULTS.md
+Speed (the host builds a batch's ~55 images beside the train step, benchmarks/RESULTS.md
 section 16): an object's coverage depends only on (row, col, shape, size, image size), so
 `_counts` caches, per object, how many of each pixel's samples it covers in its box; a scene
 whose objects cannot overlap (every scene `scene.valid` accepts) is then the background plus
