@@ -2,7 +2,7 @@
 Grain graph (mogao_jax.data.pipeline.make_pipeline + packing_stats), on the host only (no model).
 
   python -m benchmarks.pipeline [--config experiments/tiny_cpu.py] [--batches 20]
-                                [--web-docs 2000] [--no-web]
+                                [--web-docs 2000] [--no-web] [--profile]
 
 Rows: each --config on the built-in world (default: tiny_cpu at 32 and 16 px), then a web-like
 corpus (mogao_jax/data/sources/synthetic.py: long-tailed text length, 0-4 images per document of
@@ -11,7 +11,9 @@ varied aspect ratios and sizes, PNG/JPEG files; generated once into --workdir/we
 with 2 Grain worker processes. The web rows use rows of 1024 + 512 slots and aspect-ratio
 buckets (WEB_DATA below), decode every image with Pillow and resize it to its bucket.
 
-Columns: examples/s = documents read per second (after the first batch, which fills the read
+Columns: ms/batch = wall time per batch; cpu_ms/batch = CPU time per batch of this process and
+its Grain workers (user + system, all threads: what the batch takes from cores a train step
+shares); examples/s = documents read per second (after the first batch, which fills the read
 threads' prefetch); tokens/s = real (non-padding) slots of both streams per second;
 tokens/s/core = tokens per CPU-second of this process and its Grain workers (user + system:
 what one core would do); cpu_util = CPU-seconds per second (how many cores it kept busy).
@@ -80,7 +82,8 @@ def measure(config, workdir: str, batches: int = 20, name: str = "") -> dict:
   issues = sum((after.get("issues") or {}).values())
   return {"config": name, "source": _source_label(config), "batch": config.data.batch_size,
           "batches": batches, "l_txt": config.data.l_txt, "l_vis": config.data.l_vis,
-          "seconds": dt, "examples/s": docs / dt, "rows/s": rows / dt, "tokens/s": tokens / dt,
+          "seconds": dt, "ms/batch": 1e3 * dt / batches, "cpu_ms/batch": 1e3 * cpu / batches,
+          "examples/s": docs / dt, "rows/s": rows / dt, "tokens/s": tokens / dt,
           "tokens/s/core": tokens / max(cpu, 1e-9), "cpu_util": cpu / dt,
           "docs/row": after["docs_packed"] / max(after["rows"], 1),
           "eff_txt": after["efficiency"]["txt"], "eff_vis": after["efficiency"]["vis"],
@@ -94,7 +97,8 @@ def _source_label(config) -> str:
   return "+".join(s.kind for s in specs.mixture(config.data))
 
 
-COLUMNS = ["config", "source", "batch", "batches", "l_txt", "l_vis", "seconds", "examples/s",
+COLUMNS = ["config", "source", "batch", "batches", "l_txt", "l_vis", "seconds", "ms/batch",
+           "cpu_ms/batch", "examples/s",
            "rows/s", "tokens/s", "tokens/s/core", "cpu_util", "docs/row", "eff_txt", "eff_vis",
            "dropped_oversize", "issues", "read_threads", "workers"]
 
@@ -136,6 +140,47 @@ def web_config(base, spec: str, workers: int = 0):
   return c
 
 
+# --profile: the host's stages, as (label, file, function) whose cProfile cumulative time is
+# charged to them (sub-stages indented: part of the stage above).
+STAGES = (("world documents (make_document)", "kinds.py", "make_document"),
+          ("  rendering (render)", "render.py", "render"),
+          ("  scenes, ops, texts (build_layout)", "kinds.py", "build_layout"),
+          ("encoding (encode_document)", "encoding.py", "encode_document"),
+          ("  tokenizer", "tokenizer.py", "encode"),
+          ("  patchify", "images.py", "patchify"),
+          ("packing (packer add)", "packing.py", "add"),
+          ("Grain batch (stack rows)", "batch.py", "make_batch"))
+
+
+def profile(config, workdir: str, batches: int = 40) -> list[dict]:
+  """The pipeline made synchronous (no read threads: cProfile sees one thread), its CPU
+  ms per batch without the profiler, then each stage's share of a profiled batch."""
+  import cProfile  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  read_options = grain.ReadOptions
+  pipeline.grain.ReadOptions = lambda **kw: read_options(**{**kw, "num_threads": 0})
+  try:
+    it = pipeline.make_pipeline(config, pipeline.make_tokenizer(config, workdir))
+  finally:
+    pipeline.grain.ReadOptions = read_options
+  next(it)
+  c0 = time.process_time()
+  for _ in range(batches):
+    next(it)
+  plain = (time.process_time() - c0) / batches
+  prof = cProfile.Profile()
+  prof.runcall(lambda: [next(it) for _ in range(batches)])
+  prof.create_stats()
+  def cum(fname, func):
+    return sum(v[3] for (f, _, fn), v in prof.stats.items() if f.endswith(fname) and fn == func)
+  total = sum(v[2] for v in prof.stats.values())  # every function's own time: the whole run
+  rows = [{"stage": "one batch, no profiler (CPU)", "ms": 1e3 * plain, "share": 1.0}]
+  rows.append({"stage": "one batch, profiled", "ms": 1e3 * total / batches, "share": 1.0})
+  rows += [{"stage": label, "ms": 1e3 * cum(f, fn) / batches, "share": cum(f, fn) / total}
+           for label, f, fn in STAGES]
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", action="append", help="experiment file[:arg]; repeatable")
@@ -143,9 +188,16 @@ def main(argv=None):
   p.add_argument("--web-batches", type=int, default=10)
   p.add_argument("--web-docs", type=int, default=2000)
   p.add_argument("--no-web", action="store_true")
+  p.add_argument("--profile", action="store_true",
+                 help="instead: where a batch's host time goes (cProfile by stage, first --config)")
   p.add_argument("--workdir", default=str(REPO / "runs" / "bench"), help="tokenizer, corpus")
   args = p.parse_args(argv)
   specs = args.config or ["experiments/tiny_cpu.py", "experiments/tiny_cpu.py:res=16"]
+  if args.profile:
+    rows = profile(load_config(specs[0]), args.workdir, args.batches)
+    print(common.header(f"Host stages of one batch ({specs[0]}, cProfile, synchronous)"))
+    print(common.table(rows, ["stage", "ms", "share"]))
+    return rows
   rows = [measure(load_config(s), args.workdir, args.batches, s.partition(":")[2] or "default")
           for s in specs]
   if not args.no_web:

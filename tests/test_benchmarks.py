@@ -3,6 +3,7 @@ is right on a row small enough to count by hand. No timing is asserted anywhere.
 
 import math
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,6 +146,18 @@ def test_pipeline_table(config, tmp_path):
   assert list(common.parse_table(common.table([row], bench_pipeline.COLUMNS))[0]) == \
       bench_pipeline.COLUMNS
   assert row["examples/s"] > 0 and 0 < row["eff_txt"] <= 1 and 0 < row["eff_vis"] <= 1
+  assert row["cpu_ms/batch"] > 0 and row["ms/batch"] == pytest.approx(1e3 * row["seconds"] / 2)
+
+
+def test_pipeline_profile_charges_the_stages(config, tmp_path):
+  read_options = grain.ReadOptions
+  rows = {r["stage"]: r for r in bench_pipeline.profile(config, str(tmp_path), batches=2)}
+  assert grain.ReadOptions is read_options  # the synchronous patch is undone
+  assert set(rows) >= {label for label, _, _ in bench_pipeline.STAGES}
+  top = [rows[lb]["share"] for lb, _, _ in bench_pipeline.STAGES if not lb.startswith(" ")]
+  assert all(x > 0 for x in top) and sum(top) <= 1.0  # disjoint stages of one profile
+  assert rows["  rendering (render)"]["ms"] <= rows["world documents (make_document)"]["ms"]
+  assert rows["  tokenizer"]["ms"] <= rows["encoding (encode_document)"]["ms"]
 
 
 def test_peer_skips_without_transfusion(monkeypatch, capsys):

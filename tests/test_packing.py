@@ -9,6 +9,7 @@ import pytest
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data import documents
 from mogao_jax.data import encoding
+from mogao_jax.data import images
 from mogao_jax.data import packing
 from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data.batch import Kind
@@ -103,6 +104,27 @@ def test_world_rows_are_consistent(tok):
   real_txt = sum((r["txt_segment"] > 0).sum() for r, _ in rows)
   assert eff["txt"] == pytest.approx(real_txt / (96 * len(rows)))
   assert 0.5 < eff["txt"] <= 1 and 0 < eff["vis"] <= 1
+
+
+def test_image_slots_carry_their_own_patches(tok):
+  # The encoder fills each stream once from its chunks (encoding._concat): every image's VIT,
+  # CVAE and NVAE slots must hold that image's patchify, in its (H, W) order; text slots none.
+  for i in range(60):
+    doc = world.make_document(3, i, S, WEIGHTS | {"edit": 0.2, "story": 0.2})
+    e = encoding.encode_document(doc, tok, P)
+    for img_id, img in enumerate(doc.images, start=1):
+      ref = images.patchify(img.pixels, P)
+      for st, data in (("txt", "txt_patch"), ("vis", "vis_latent")):
+        m = e[f"{st}_image"] == img_id
+        for kind in np.unique(e[f"{st}_kind"][m]):
+          km = m & (e[f"{st}_kind"] == kind)
+          np.testing.assert_array_equal(e[data][km], ref)
+          h, w = e[f"{st}_pos"][km][:, 1], e[f"{st}_pos"][km][:, 2]
+          np.testing.assert_array_equal(h * (S // P) + w, np.arange(len(ref)))
+    assert not e["txt_patch"][e["txt_kind"] == Kind.TXT].any()
+    # The image counts the packer reads (a bincount), against np.unique of the image ids.
+    assert encoding.vit_images(e) == len(np.unique(e["txt_image"][e["txt_kind"] == Kind.VIT]))
+    assert encoding.vision_images(e) == len(np.unique(e["vis_image"][e["vis_kind"] != Kind.PAD]))
 
 
 def _copies(tok, doc):

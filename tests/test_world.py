@@ -1,5 +1,7 @@
 """The synthetic world, the tokenizer and patchify."""
 
+import importlib
+import itertools
 import re
 
 import numpy as np
@@ -125,6 +127,50 @@ def test_render_colours_sizes_and_antialiasing():
     assert world.render(world.Scene((obj,)), size).shape == (size, size, 3)
 
 
+def test_cached_render_is_the_painted_render_bit_for_bit():
+  # render() adds each object's cached per-pixel sample counts (render.py); every pixel must be
+  # what painting every sample and averaging gives, at every size and for every object.
+  render_lib = importlib.import_module("mogao_jax.data.sources.world.render")
+  rng = np.random.default_rng(7)
+  for size, n in ((12, 20), (32, 200), (48, 20), (64, 40), (128, 10)):
+    for _ in range(n):
+      s = world.sample_scene(rng)
+      np.testing.assert_array_equal(world.render(s, size), render_lib._render_painted(s, size))
+  for r, c, shape, size in itertools.product(range(3), range(3), world.SHAPES, world.SIZES):
+    s = world.Scene((world.Object(r, c, shape, "cyan", size),))
+    for px in (32, 40):
+      np.testing.assert_array_equal(world.render(s, px), render_lib._render_painted(s, px))
+  # Objects that overlap (no world scene does: scene.valid) are painted, the last on top.
+  a, b = world.Object(1, 1, "square", "red", "large"), world.Object(1, 2, "circle", "blue", "large")
+  both = world.render(world.Scene((a, b)), 32)
+  assert (both[..., 0] == world.COLOURS["red"][0]).any() and (both[..., 2] > 0).any()
+  np.testing.assert_array_equal(both, render_lib._render_painted(world.Scene((a, b)), 32))
+  # The cache hands out read-only counts, so a render cannot corrupt the next one.
+  s = world.Scene((a,))
+  first = world.render(s, 32)
+  first[:] = 255
+  np.testing.assert_array_equal(world.render(s, 32), render_lib._render_painted(s, 32))
+  with pytest.raises(ValueError):
+    render_lib._counts(1, 1, "square", "large", 32)[2][0, 0] = 0
+  with pytest.raises(ValueError, match="unknown shape 'star'"):
+    world.render(world.Scene((world.Object(0, 0, "star", "red", "small"),)), 32)
+
+
+def test_lazy_add_ops_are_every_add_in_order():
+  # sample_op indexes the "add" ops lazily (scene._Adds); the stream of documents depends on
+  # their order, so it must be the eager (cell, shape, colour, size) product.
+  rng = np.random.default_rng(11)
+  for scene in [world.Scene(())] + [world.sample_scene(rng) for _ in range(20)]:
+    free = [(r, c) for r in range(3) for c in range(3) if scene.at(r, c) is None]
+    eager = [{"op": "add", "cell": [r, c], "shape": s, "colour": k, "size": z}
+             for r, c in free for s in world.SHAPES for k in world.COLOURS for z in world.SIZES]
+    adds, others = scene_lib._ops(scene, world.OPS)
+    assert list(adds) == (eager if len(scene.objects) < world.MAX_OBJECTS else [])
+    assert [adds[i] for i in range(len(adds))] == list(adds)
+    assert {op["op"] for op in others} <= set(world.OPS) - {"add"}
+    assert scene_lib._raw_ops(scene, ("add",)) == list(adds)
+
+
 def test_corpus_covers_every_word():
   def words(text):  # words and punctuation marks
     return set(re.findall(r"[a-z]+|[^\sa-z]", text))
@@ -169,6 +215,7 @@ def test_patchify_layout_roundtrip_and_errors():
   np.testing.assert_array_equal(images.unpatchify(pw, (2, 4)), wide)
   rows, cols = images.patch_rows_cols((2, 4))
   assert list(rows) == [0] * 4 + [1] * 4 and list(cols) == [0, 1, 2, 3] * 2
+  assert not rows.flags.writeable and images.patch_rows_cols((2, 4))[0] is rows  # one, shared
   with pytest.raises(ValueError, match="square"):  # the sampler's check stays square-only
     images.validate(px[:, :12], 4)
   for bad, msg in ((px[:15, :15], "divisible"), (px[:, :14], "divisible"),

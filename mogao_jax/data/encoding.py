@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -48,29 +48,41 @@ def _copies(generate, is_image) -> list[tuple[bool, bool, bool]]:
   return flags[::-1]
 
 
-def _chunk(n, kind, image, t, h=0, w=0, token=0, data=None, loss_w=0.0):
-  """n slots of one kind; t/h/w/token broadcast (scalars or [n] arrays)."""
-  pos = np.zeros((n, 3), np.int32)
-  pos[:, 0], pos[:, 1], pos[:, 2] = t, h, w
-  return dict(kind=np.full(n, kind, np.int32), image=np.full(n, image, np.int32), pos=pos,
-              token=np.broadcast_to(np.asarray(token, np.int32), (n,)), data=data,
-              loss_w=np.full(n, loss_w, np.float32))
+class _Chunk(NamedTuple):
+  """n slots of one kind; t/h/w/token scalars or [n] arrays, data [n, dim] or None (zeros)."""
+  n: int
+  kind: int
+  image: int
+  t: Any
+  h: Any = 0
+  w: Any = 0
+  token: Any = 0
+  data: np.ndarray | None = None
+  loss_w: float = 0.0
 
 
 def _concat(chunks, dim, prefix) -> dict[str, np.ndarray]:
-  """Concatenates chunks into the batch.py fields of one stream (no segment)."""
-  def cat(name, dtype, shape=()):
-    parts = [c[name] for c in chunks]
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *shape), dtype)
-  data = [c["data"] if c["data"] is not None else np.zeros((len(c["kind"]), dim), np.float32)
-          for c in chunks]
-  out = {"kind": cat("kind", np.int32), "image": cat("image", np.int32),
-         "pos": cat("pos", np.int32, (3,)), "loss_w": cat("loss_w", np.float32),
-         "patch" if prefix == "txt" else "latent":
-             np.concatenate(data).astype(np.float32) if data else np.zeros((0, dim), np.float32)}
+  """The chunks as the batch.py fields of one stream (no segment): each field allocated once
+  and filled a chunk slice at a time (no per-chunk arrays to concatenate). `dim`: the data
+  width when no chunk carries data (stored latents are wider or narrower than pixel patches)."""
+  n = sum(c.n for c in chunks)
+  dim = next((c.data.shape[1] for c in chunks if c.data is not None), dim)
+  kind, image = np.empty(n, np.int32), np.empty(n, np.int32)
+  pos, loss_w = np.empty((n, 3), np.int32), np.empty(n, np.float32)
+  data, token = np.zeros((n, dim), np.float32), np.empty(n, np.int32)
+  at = 0
+  for c in chunks:
+    sl = slice(at, at + c.n)
+    kind[sl], image[sl], loss_w[sl], token[sl] = c.kind, c.image, c.loss_w, c.token
+    pos[sl, 0], pos[sl, 1], pos[sl, 2] = c.t, c.h, c.w
+    if c.data is not None:
+      data[sl] = c.data
+    at += c.n
+  out = {"kind": kind, "image": image, "pos": pos, "loss_w": loss_w,
+         "patch" if prefix == "txt" else "latent": data}
   if prefix == "txt":
-    out["token"] = cat("token", np.int32)
-    out["target"] = np.zeros_like(out["token"])
+    out["token"] = token
+    out["target"] = np.zeros_like(token)
   return {f"{prefix}_{k}": v for k, v in out.items()}
 
 
@@ -220,13 +232,19 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool,
   txt, vis, t, img_id = [], [], 0, 0
   roles = []  # per TXT token: its text part's role, None for BOS / <img> / </img> / EOS
   vis_pixels = []  # ("encode") images with vision copies, in id order
+  run: list[int] = []  # text tokens since the last image: one chunk (their T are consecutive)
+
+  def flush():
+    if run:
+      n = len(run)
+      txt.append(_Chunk(n, Kind.TXT, 0, np.arange(t - n, t), token=run.copy()))
+      run.clear()
 
   def tokens(ids, role=None):
     nonlocal t
-    n = len(ids)
-    txt.append(_chunk(n, Kind.TXT, 0, np.arange(t, t + n), token=np.asarray(ids, np.int32)))
-    roles.extend([role] * n)
-    t += n
+    run.extend(int(i) for i in ids)
+    roles.extend([role] * len(ids))
+    t += len(ids)
 
   tokens([tokenizer.bos_id])
   for kind, data, *role in items:
@@ -241,16 +259,18 @@ def _encode_items(items, tokenizer, patch_size: int, eos: bool,
     if pixels is not None and (cvae or nvae):
       vis_pixels.append(pixels)
     tokens([tokenizer.img_open_id])
+    flush()
     if vit:
-      txt.append(_chunk(n, Kind.VIT, img_id, t, h, w, data=patches))
+      txt.append(_Chunk(n, Kind.VIT, img_id, t, h, w, data=patches))
     if cvae:
-      vis.append(_chunk(len(vpatches), Kind.CVAE, img_id, t, vh, vw, data=vpatches))
+      vis.append(_Chunk(len(vpatches), Kind.CVAE, img_id, t, vh, vw, data=vpatches))
     if nvae:
-      vis.append(_chunk(len(vpatches), Kind.NVAE, img_id, t, vh, vw, data=vpatches, loss_w=1.0))
+      vis.append(_Chunk(len(vpatches), Kind.NVAE, img_id, t, vh, vw, data=vpatches, loss_w=1.0))
     t += 1  # the whole image is one T step
     tokens([tokenizer.img_close_id])
   if eos:
     tokens([tokenizer.eos_id])
+  flush()
   if t == (2 if eos else 1):  # BOS (and EOS) only: nothing to learn
     txt, roles = [], []
   out = _concat(txt, pdim, "txt") | _concat(vis, pdim, "vis")
@@ -297,9 +317,15 @@ def doc_lengths(enc: dict[str, np.ndarray]) -> tuple[int, int]:
 
 def vit_images(enc: dict[str, np.ndarray]) -> int:
   """Images with VIT copies in an encoded document (the understanding encoder's images)."""
-  return len(np.unique(enc["txt_image"][enc["txt_kind"] == Kind.VIT]))
+  return _distinct(enc["txt_image"][enc["txt_kind"] == Kind.VIT])
 
 
 def vision_images(enc: dict[str, np.ndarray]) -> int:
   """Images with CVAE or NVAE copies in an encoded document (the per-image modulation's)."""
-  return len(np.unique(enc["vis_image"][enc["vis_kind"] != Kind.PAD]))
+  return _distinct(enc["vis_image"][enc["vis_kind"] != Kind.PAD])
+
+
+def _distinct(ids: np.ndarray) -> int:
+  """How many distinct image ids (>= 0): a bincount, several times cheaper than np.unique
+  on these short arrays (the packer asks per document)."""
+  return int(np.count_nonzero(np.bincount(ids))) if len(ids) else 0

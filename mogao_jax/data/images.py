@@ -14,6 +14,7 @@ aspect ratio kept so the image covers the bucket, and centre-crops the (minimal)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -74,11 +75,18 @@ def unpatchify(patches: np.ndarray, grid) -> np.ndarray:
 
 
 def patch_rows_cols(grid) -> tuple[np.ndarray, np.ndarray]:
-  """(H, W) grid coordinates of the row-major patches, each int32 [gh * gw]; `grid` is the side
-  of a square grid or (gh, gw)."""
-  gh, gw = _hw(grid)
+  """(H, W) grid coordinates of the row-major patches, each int32 [gh * gw], read-only (one
+  pair per grid, shared: the data path asks for it per image); `grid` is the side of a square
+  grid or (gh, gw)."""
+  return _rows_cols(*_hw(grid))
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_cols(gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
   k = np.arange(gh * gw, dtype=np.int32)
-  return k // gw, k % gw
+  rows, cols = k // gw, k % gw
+  rows.flags.writeable = cols.flags.writeable = False
+  return rows, cols
 
 
 # ----------------------------------------------------------------------------- resolution buckets

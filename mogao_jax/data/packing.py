@@ -116,10 +116,10 @@ class TwoStreamPacker:
     for r, row in enumerate(self.rows):
       if (row.n_txt + nt <= self.l_txt and row.n_vis + nv <= self.l_vis
           and row.n_vit + ni <= self.vit_cap and row.n_vim + nm <= self.vis_cap):
-        self.place(doc, seq, r)
+        self.place(doc, seq, r, (nt, nv, ni, nm))
         return None
     out = self.pop_oldest() if len(self.rows) >= self.open_rows else None
-    self.place(doc, seq, len(self.rows))
+    self.place(doc, seq, len(self.rows), (nt, nv, ni, nm))
     return out
 
   def _dropped(self, reason: str, nt: int, nv: int) -> None:
@@ -139,17 +139,18 @@ class TwoStreamPacker:
         f" shorten the documents). Empty: documents with no usable part (issues so far:"
         f" {issues}; python -m mogao_jax.data.check shows them).")
 
-  def place(self, doc, seq: int, r: int) -> None:
-    """Puts `doc` into open row r (r == len(rows) opens a new one); no fit checks."""
+  def place(self, doc, seq: int, r: int, sizes: tuple[int, int, int, int] | None = None) -> None:
+    """Puts `doc` into open row r (r == len(rows) opens a new one); no fit checks. `sizes`:
+    its (text, vision slots, VIT images, vision images) when the caller has counted them."""
     if r == len(self.rows):
       self.rows.append(_OpenRow())
     row = self.rows[r]
-    nt, nv = doc_lengths(doc)
+    nt, nv, ni, nm = sizes or (*doc_lengths(doc), vit_images(doc), vision_images(doc))
     row.docs.append(doc)
     row.seqs.append(seq)
     row.n_txt, row.n_vis = row.n_txt + nt, row.n_vis + nv
-    row.n_vit += vit_images(doc)
-    row.n_vim += vision_images(doc)
+    row.n_vit += ni
+    row.n_vim += nm
 
   def pop_oldest(self) -> dict[str, np.ndarray] | None:
     if not self.rows:

@@ -7,6 +7,7 @@ Every scene of a document lies in the document's split (see `scene.split_of`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -31,15 +32,30 @@ Layout = list[tuple]
 
 def check_weights(weights: Mapping[str, float], known: Sequence[str],
                   key: str) -> tuple[list[str], np.ndarray]:
-  """Validated (names, probabilities) from the config dict `key`."""
-  names = list(weights)
+  """Validated (names, probabilities, read-only) from the config dict `key`; memoised, since
+  every document asks."""
+  items = tuple(weights.items())
+  try:
+    hash(items)
+  except TypeError:
+    names, probs = _checked_weights.__wrapped__(items, tuple(known), key)
+  else:
+    names, probs = _checked_weights(items, tuple(known), key)
+  return list(names), probs
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_weights(items, known, key) -> tuple[tuple[str, ...], np.ndarray]:
+  names = [k for k, _ in items]
   for k in names:
     if k not in known:
       raise ValueError(f"{key} has unknown entry {k!r}; known: {tuple(known)}")
-  w = np.array([float(weights[k]) for k in names], np.float64)
+  w = np.array([float(v) for _, v in items], np.float64)
   if not names or (w < 0).any() or w.sum() <= 0:
-    raise ValueError(f"{key} must be non-negative with a positive sum, got {dict(weights)}")
-  return names, w / w.sum()
+    raise ValueError(f"{key} must be non-negative with a positive sum, got {dict(items)}")
+  probs = w / w.sum()
+  probs.flags.writeable = False
+  return tuple(names), probs
 
 
 def check_doc_weights(doc_weights: Mapping[str, float]) -> tuple[list[str], np.ndarray]:

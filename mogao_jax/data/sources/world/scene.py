@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,8 +53,9 @@ class Object:
   colour: str
   size: str
 
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+  def to_json(self) -> dict[str, Any]:  # dataclasses.asdict's dict, without its deep copy
+    return {"row": self.row, "col": self.col, "shape": self.shape, "colour": self.colour,
+            "size": self.size}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +189,41 @@ def candidate_ops(scene: Scene, kinds: Iterable[str] = OPS) -> list[Op]:
 
 def _raw_ops(scene: Scene, kinds: Iterable[str]) -> list[Op]:
   """The ops of `kinds` that apply to `scene`; the result may still crowd or overlap."""
-  ops, free = [], [(r, c) for r in range(3) for c in range(3) if scene.at(r, c) is None]
+  adds, others = _ops(scene, kinds)
+  return list(adds) + others
+
+
+class _Adds:
+  """The "add" ops into the free cells as a lazy sequence in (cell, shape, colour, size)
+  order: hundreds of ops, of which `sample_op` usually builds one or two."""
+
+  _COLOURS, _SIZES = tuple(COLOURS), tuple(SIZES)
+  _PER_CELL = len(SHAPES) * len(COLOURS) * len(SIZES)
+
+  def __init__(self, free: list[tuple[int, int]]):
+    self.free = free
+
+  def __len__(self) -> int:
+    return len(self.free) * self._PER_CELL
+
+  def __getitem__(self, i) -> Op:
+    cell, rest = divmod(int(i), self._PER_CELL)
+    shape, rest = divmod(rest, len(self._COLOURS) * len(self._SIZES))
+    colour, size = divmod(rest, len(self._SIZES))
+    r, c = self.free[cell]
+    return {"op": "add", "cell": [r, c], "shape": SHAPES[shape],
+            "colour": self._COLOURS[colour], "size": self._SIZES[size]}
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+
+def _ops(scene: Scene, kinds: Iterable[str]) -> tuple[_Adds, list[Op]]:
+  """(the "add" ops, lazily; the other ops, per object: remove, recolours, resizes, moves)."""
+  free = [(r, c) for r in range(3) for c in range(3) if scene.at(r, c) is None]
   kinds = set(kinds)
-  if "add" in kinds and len(scene.objects) < MAX_OBJECTS:
-    ops += [{"op": "add", "cell": [r, c], "shape": s, "colour": k, "size": z}
-            for r, c in free for s in SHAPES for k in COLOURS for z in SIZES]
+  adds = _Adds(free if "add" in kinds and len(scene.objects) < MAX_OBJECTS else [])
+  ops = []
   for o in scene.objects:
     cell = [o.row, o.col]
     if "remove" in kinds and len(scene.objects) > 1:
@@ -206,7 +237,7 @@ def _raw_ops(scene: Scene, kinds: Iterable[str]) -> list[Op]:
         r, c = o.row + dr, o.col + dc
         if 0 <= r < 3 and 0 <= c < 3 and (r, c) in free:
           ops.append({"op": "move", "cell": cell, "direction": d})
-  return ops
+  return adds, ops
 
 
 def sample_op(rng: np.random.Generator, scene: Scene, split: str,
@@ -215,13 +246,15 @@ def sample_op(rng: np.random.Generator, scene: Scene, split: str,
 
   Choosing the kind first keeps "add" (hundreds of instances) from drowning the others; ops
   are tried in random order and only until one fits, since checking every result is slow."""
-  by_kind: dict[str, list[Op]] = {}
-  for op in _raw_ops(scene, kinds):
+  adds, others = _ops(scene, kinds)
+  by_kind: dict[str, Sequence[Op]] = {"add": adds} if len(adds) else {}
+  for op in others:
     by_kind.setdefault(op["op"], []).append(op)
   for kind in rng.permutation(sorted(by_kind)):
     ops = by_kind[str(kind)]
     for j in rng.permutation(len(ops)):
-      after = apply_op(scene, ops[j])
+      op = ops[j]
+      after = apply_op(scene, op)
       if valid(after) and split_of(after) == split:
-        return ops[j]
+        return op
   return None
