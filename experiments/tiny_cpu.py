@@ -10,6 +10,9 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
   batch  global rows per step
   attn   dense | blockwise | flash: model.attention (blockwise and flash never build the L x L
          mask; for long rows, e.g. res=64; flash is the Pallas kernel, interpret mode on CPU)
+  editskip  1: model.edit_skip (model/edit_skip.py: each noisy patch adds a zero-initialised
+         projection of its edit source's clean latent at the same cell); 0 (default): the
+         key is not set, the paper's model
 """
 
 import ml_collections
@@ -31,7 +34,8 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense")
+  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense",
+                               editskip=False)
   config_args.check_choice(args, "size", SIZES)
   config_args.check_choice(args, "attn", ("dense", "blockwise", "flash"))
   c = _base()
@@ -40,8 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _apply_args(c, args) -> None:
-  """size / res / batch / attn -> the keys they set (at the defaults: exactly the values of
-  _base)."""
+  """size / res / batch / attn / editskip -> the keys they set (at the defaults: exactly
+  the values of _base)."""
   c.model.update(SIZES[args.size])
   if args.res <= 0 or args.res % c.data.patch_size:
     raise ValueError(f"config argument res={args.res}: must be a positive multiple of the"
@@ -53,6 +57,8 @@ def _apply_args(c, args) -> None:
   c.data.l_txt = max(96, c.data.l_vis)
   c.data.batch_size = args.batch
   c.model.attention = args.attn
+  if args.editskip:
+    c.model.edit_skip = True
 
 
 def _base() -> ml_collections.ConfigDict:
