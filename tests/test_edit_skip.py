@@ -9,6 +9,7 @@ during generation; the PyTorch export refuses the option by name."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,7 @@ from tests import modelkit
 from tests.configs import TINY_CPU, tiny_config
 from tests.test_sample import FakeTokenizer
 
-PATCH, L = 4, 96
+PATCH, L = 4, 64  # the row of tiny_config, so the sampler's full forward shares its compile
 TOL = 2e-5  # cached vs full forward, as tests/test_sample.py
 
 
@@ -33,7 +34,7 @@ def _px(seed, h=16, w=16):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-SRC1, SRC2, NARROW, TARGET, T2I = _px(1), _px(2), _px(3, 8, 16), _px(4), _px(5)
+SRC1, SRC2, NARROW, TARGET, T2I = _px(1), _px(2), _px(3, 8, 16), _px(4), _px(5, 8, 8)
 
 
 def _row(tok):
@@ -42,8 +43,8 @@ def _row(tok):
   edit = documents.Document([
       documents.Text("ab"), documents.Image(SRC1), documents.Text("cd"),
       documents.Image(SRC2), documents.Text("e"), documents.Image(NARROW),
-      documents.Text("make it so"), documents.Image(TARGET, generate=True)])
-  t2i = documents.Document([documents.Text("draw"), documents.Image(T2I, generate=True)])
+      documents.Text("mk"), documents.Image(TARGET, generate=True)])
+  t2i = documents.Document([documents.Text("d"), documents.Image(T2I, generate=True)])
   packer = packing.TwoStreamPacker(L, L, 48, 48)
   for doc in (edit, t2i):
     packer.place(encoding.encode_document(doc, tok, PATCH), 0, 0)
@@ -52,20 +53,22 @@ def _row(tok):
 
 @pytest.fixture(scope="module")
 def setup():
-  c = tiny_config()
-  c.data.l_txt = c.data.l_vis = L
+  # tests/test_sample.py's params (the same init program: one compile in a suite run) plus
+  # the skip's kernel at its init, zero
+  base = tiny_config()
+  params = modelkit.perturbed_params(base, Mogao.from_config(base))
+  params = {**params, "edit_skip": {"kernel": jnp.zeros((48, base.model.width))}}
+  c_off = base.copy_and_resolve_references()
+  c_off.model.vis_images = 6  # the row's 5 images with vision copies
+  c = c_off.copy_and_resolve_references()
   c.model.edit_skip = True
   model = Mogao.from_config(c)
-  params = modelkit.perturbed_params(c, model)
-  params["edit_skip"]["kernel"] = jnp.zeros_like(params["edit_skip"]["kernel"])
-  c_off = c.copy_and_resolve_references()
-  c_off.model.edit_skip = False
   batch = _row(FakeTokenizer())
   rng = np.random.default_rng(0)
   t_BN = jnp.asarray(rng.uniform(0.1, 0.9, (1, L + L + 1)), jnp.float32)
   noise = jnp.asarray(rng.normal(size=batch["vis_latent"].shape), jnp.float32)
   inputs, t_BV, _ = flow.apply_noise(batch, t_BN, noise)
-  return c, model, Mogao.from_config(c_off), params, batch, inputs, t_BV
+  return c, model, Mogao.from_config(c_off), params, batch, inputs, t_BV, jax.jit(model.apply)
 
 
 def _with_kernel(params, kernel):
@@ -73,11 +76,14 @@ def _with_kernel(params, kernel):
 
 
 def test_zero_skip_is_the_model_without_it_exactly(setup):
-  _, model, model_off, params, _, inputs, t_BV = setup
-  assert "edit_skip" not in jax.eval_shape(
-      model_off.init, jax.random.key(0), inputs, t_BV)["params"]
+  _, model, model_off, params, _, inputs, t_BV, fwd = setup
+  # the params are the model's: those of the option off plus the skip's one kernel
+  want = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), inputs, t_BV)["params"])
+  assert jax.tree.map(jnp.shape, want) == jax.tree.map(jnp.shape, params)
+  init = model.init(jax.random.key(0), jnp.ones((1, 2, 48)), method=lambda m, x: m.edit_skip(x))
+  np.testing.assert_array_equal(nn.meta.unbox(init)["params"]["edit_skip"]["kernel"], 0.0)
   off = {k: v for k, v in params.items() if k != "edit_skip"}
-  got = jax.jit(model.apply)({"params": params}, inputs, t_BV)
+  got = fwd({"params": params}, inputs, t_BV)
   want = jax.jit(model_off.apply)({"params": off}, inputs, t_BV)
   for g, w in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
@@ -85,17 +91,17 @@ def test_zero_skip_is_the_model_without_it_exactly(setup):
 
 
 def test_target_slots_receive_the_source_patch_at_their_cell(setup):
-  _, model, _, params, batch, inputs, t_BV = setup
+  _, model, _, params, batch, inputs, t_BV, _ = setup
   vis = {k: batch[k][0] for k in ("vis_segment", "vis_kind", "vis_pos")}
   nvae = vis["vis_kind"] == Kind.NVAE
   edit_q, t2i_q = nvae & (vis["vis_segment"] == 1), nvae & (vis["vis_segment"] == 2)
-  assert edit_q.sum() == t2i_q.sum() == 16
+  assert edit_q.sum() == 16 and t2i_q.sum() == 4
   # numpy reference: SRC2 (the most recent context image of the target's 4 x 4 grid; NARROW
   # is more recent but 2 x 4) at each target slot's own (H, W) cell; zero elsewhere.
   want = np.zeros(batch["vis_latent"].shape[1:], np.float32)
   h, w = vis["vis_pos"][edit_q, 1], vis["vis_pos"][edit_q, 2]
   want[edit_q] = images.patchify(SRC2, PATCH)[h * 4 + w]
-  n = 6  # batch.vis_capacity(96, 4)
+  n = 6  # batch.vis_capacity: model.vis_images
   src = jax.jit(lambda b: model.apply({"params": params}, b, n, method=Mogao.edit_source))(
       inputs)
   np.testing.assert_array_equal(np.asarray(src)[0], want)  # the noised NVAE latents unread
@@ -121,7 +127,7 @@ def _prompt(sampler, state, tok):
 
 
 def test_sampler_applies_the_same_skip_as_the_training_forward(setup):
-  _, model, _, params, *_ = setup
+  _, model, _, params, _, inputs, _, fwd = setup
   tok = FakeTokenizer()
   params = _with_kernel(params, 0.3 * np.random.default_rng(3).normal(
       size=params["edit_skip"]["kernel"].shape))
@@ -140,7 +146,8 @@ def test_sampler_applies_the_same_skip_as_the_training_forward(setup):
   is_n = fb["vis_kind"][0] == Kind.NVAE
   fb["vis_latent"][0, is_n] = np.asarray(x[0])
   vis_t = np.where(fb["vis_kind"] == Kind.NVAE, 0.3, 1.0).astype(np.float32)
-  want = np.asarray(jax.jit(model.apply)({"params": params}, fb, vis_t)[1])[0, is_n]
+  fb = {k: fb[k] for k in inputs}  # the packed row's fields: one compiled forward for both
+  want = np.asarray(fwd({"params": params}, fb, vis_t)[1])[0, is_n]
   np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)
   # not vacuous: the sampler's source is SRC2's latent, and without it the velocity moves
   np.testing.assert_array_equal(b["vis_source"][0], images.patchify(SRC2, PATCH))
