@@ -54,11 +54,9 @@ def export(workdir: str, fmt: str, out: str, step: int | None = None,
   if fmt not in FORMATS:
     raise ValueError(f"--format={fmt!r}: must be one of {FORMATS}")
   config, step = restore.restore_config(workdir, step)
-  cfg = ModelConfig.from_config(config.model)
-  if fmt == "torch":  # refused before the params are read
-    torch_export.check_exportable(cfg)
   config, params = restore_params(workdir, step, which)
   tok = _tokenizer_or_none(workdir, step)
+  cfg = ModelConfig.from_config(config.model)
   if fmt == "torch":
     report = torch_export.export(params, cfg, out)
   else:

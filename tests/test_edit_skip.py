@@ -5,9 +5,7 @@ Checked on an encoded, packed row of an edit document (two same-grid context ima
 of another grid before the target) and a t2i document: the skip at init is the model without
 it, exactly; with identity-like weights the target's slots receive the most recent same-grid
 source's clean patch at their own cell, t2i slots nothing; the sampler adds the same skip
-during generation; the PyTorch export refuses the option by name."""
-
-import dataclasses
+during generation; the PyTorch export (torch_model.py, torch_generate.py) does the same."""
 
 import flax.linen as nn
 import jax
@@ -126,8 +124,11 @@ def _prompt(sampler, state, tok):
   return s.tokens([tok.img_open_id])
 
 
-def test_sampler_applies_the_same_skip_as_the_training_forward(setup):
-  _, model, _, params, _, inputs, _, fwd = setup
+@pytest.fixture(scope="module")
+def sampled(setup):
+  """The sampler's velocity of the edit prompt's target at x, t = 0.3, with a nonzero skip:
+  (params, gen_query batch, x, velocity, velocity with the source zeroed)."""
+  model, params = setup[1], setup[3]
   tok = FakeTokenizer()
   params = _with_kernel(params, 0.3 * np.random.default_rng(3).normal(
       size=params["edit_skip"]["kernel"].shape))
@@ -140,8 +141,16 @@ def test_sampler_applies_the_same_skip_as_the_training_forward(setup):
   x = jnp.asarray(np.random.default_rng(4).normal(size=(1, 16, 48)), jnp.float32)
   velocity = jax.jit(s.branch_velocities)
   got = np.asarray(velocity(params, s.cache, b, x, 0.3))[0, 0]
+  no_src = np.asarray(velocity(params, s.cache, {**b, "vis_source": 0 * b["vis_source"]},
+                               x, 0.3))[0, 0]
+  return s, params, b, x, got, no_src
+
+
+def test_sampler_applies_the_same_skip_as_the_training_forward(setup, sampled):
+  inputs, fwd = setup[5], setup[7]
+  s, params, b, x, got, no_src = sampled
   # the training forward on the whole row: the same prompt, then the noisy slots at x
-  row = _prompt(s, slots.RowState(), tok).noisy(s.codec.grid, 48)
+  row = _prompt(s, slots.RowState(), FakeTokenizer()).noisy(s.codec.grid, 48)
   fb = slots.collate([row], s.dims, 128)
   is_n = fb["vis_kind"][0] == Kind.NVAE
   fb["vis_latent"][0, is_n] = np.asarray(x[0])
@@ -151,8 +160,6 @@ def test_sampler_applies_the_same_skip_as_the_training_forward(setup):
   np.testing.assert_allclose(got, want, atol=TOL, rtol=TOL)
   # not vacuous: the sampler's source is SRC2's latent, and without it the velocity moves
   np.testing.assert_array_equal(b["vis_source"][0], images.patchify(SRC2, PATCH))
-  no_src = np.asarray(velocity(params, s.cache, {**b, "vis_source": 0 * b["vis_source"]},
-                               x, 0.3))[0, 0]
   assert np.abs(no_src - got).max() > 1e-3
 
 
@@ -180,13 +187,53 @@ def test_guidance_branch_without_images_gets_no_source(setup, monkeypatch):
   np.testing.assert_array_equal(got[2], src)
 
 
-def test_torch_export_refuses_the_edit_skip_by_name(setup, tmp_path):
-  model, params = setup[1], setup[3]
-  out = tmp_path / "export"
-  with pytest.raises(ValueError, match=r"model\.edit_skip=True: the PyTorch export"):
-    torch_export.export(params, model.cfg, str(out))
-  assert not out.exists()  # refused before anything is written
-  torch_export.check_exportable(dataclasses.replace(model.cfg, edit_skip=False))
+def _torch_model(params, cfg, out):
+  torch_export.export(params, cfg, str(out))
+  from mogao_jax.convert import torch_model  # noqa: needs torch (the file copied to `out`)
+  return torch_model.Mogao.from_dir(str(out))
+
+
+def test_torch_export_matches_on_the_edit_row(setup, sampled, tmp_path):
+  torch = pytest.importorskip("torch")
+  _, model, _, _, batch, inputs, t_BV, fwd = setup
+  params = sampled[1]
+  tm = _torch_model(params, model.cfg, tmp_path)
+  want = np.asarray(fwd({"params": params}, inputs, t_BV)[1])[0]
+  got = tm({k: torch.from_numpy(np.array(v)) for k, v in inputs.items()},
+           torch.from_numpy(np.array(t_BV)))[1].numpy()[0]
+  real = batch["vis_segment"][0] > 0
+  np.testing.assert_allclose(got[real], want[real], atol=1e-4 * np.abs(want).max())
+  zero = np.asarray(fwd({"params": setup[3]}, inputs, t_BV)[1])[0]
+  assert np.abs(zero - want).max() > 1e-2 * np.abs(want).max()  # the skip matters here
+
+
+def test_torch_generate_applies_the_skip_as_the_sampler(setup, sampled, tmp_path):
+  """torch_generate.py's velocity of the same prompt's target equals the JAX sampler's; its
+  "none" guidance branch has no source (the same with the skip's kernel zeroed)."""
+  torch = pytest.importorskip("torch")
+  from mogao_jax.convert import torch_generate  # noqa: needs torch
+  model = setup[1]
+  s, params, _, x, got, _ = sampled
+  tok = FakeTokenizer()
+  doc = torch_generate.Document(48, 48)
+  doc.tokens([tok.bos_id] + tok.encode("ab"))
+  for px, text in ((SRC1, "cd"), (SRC2, "make it so")):
+    patches = images.patchify(px, PATCH)  # the pixel codec: latents = VIT patches
+    doc.tokens([tok.img_open_id])
+    doc.image(patches, (4, 4), patches, (4, 4))
+    doc.tokens([tok.img_close_id] + tok.encode(text))
+  doc.tokens([tok.img_open_id])
+  gens = []
+  for name, p in (("skip", params), ("zero", setup[3])):
+    gen = torch_generate.Generator.__new__(torch_generate.Generator)  # no generation.json
+    gen.model, gen.g = _torch_model(p, model.cfg, tmp_path / name), {"latent_grid": [4, 4]}
+    gens.append(gen)
+  x_t = torch.from_numpy(np.asarray(x[0]))
+  v = gens[0].velocity(doc, x_t, 0.3, False, 1.0, 1.0).numpy()
+  np.testing.assert_allclose(v, got, atol=1e-4 * np.abs(got).max())
+  # guidance scales 0, 0: the "none" branch alone
+  none = [g.velocity(doc, x_t, 0.3, True, 0.0, 0.0).numpy() for g in gens]
+  np.testing.assert_allclose(none[0], none[1], atol=1e-6)
 
 
 def test_tiny_cpu_argument_turns_it_on_and_the_default_is_unchanged():

@@ -33,19 +33,8 @@ def state_dict(params: dict) -> dict[str, np.ndarray]:
   return {k.replace("/", "."): np.asarray(v, np.float32) for k, v in flat.items()}
 
 
-def check_exportable(cfg) -> None:
-  """Raises ValueError naming the model option the PyTorch model lacks (`cfg`: ModelConfig)."""
-  if cfg.edit_skip:
-    raise ValueError(
-        "model.edit_skip=True: the PyTorch export (torch_model.py, torch_generate.py) does not "
-        "implement the edit skip (model/edit_skip.py), so its velocities would not match; "
-        "export a run trained with model.edit_skip=False, or --format hf-qwen2 (the text "
-        "pathway, which the skip does not touch)")
-
-
 def export(params: dict, cfg, out_dir: str) -> list[str]:
   """Writes the export directory; `cfg` is the ModelConfig. Returns one line per tensor."""
-  check_exportable(cfg)  # before anything is written
   os.makedirs(out_dir, exist_ok=True)
   sd = state_dict(params)
   tensors.write_file(os.path.join(out_dir, "model.safetensors"), sd, {"format": "pt"})

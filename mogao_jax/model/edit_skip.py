@@ -16,7 +16,8 @@ such an image trains without the skip, as the sampler's unconditioned guidance b
 
 Derived from the slots' metadata alone (segment, kind, image, pos): no batch field. The
 training forward derives it over the row's vision stream; the sampler derives it with the
-same function over a row's clean images so far plus the noisy one (sample/engine.py).
+same function over a row's clean images so far plus the noisy one (sample/engine.py); the
+PyTorch export, pairwise over the vision slots (convert/torch_model.py `edit_source`).
 """
 
 from __future__ import annotations
