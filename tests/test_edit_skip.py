@@ -228,7 +228,7 @@ def test_torch_generate_applies_the_skip_as_the_sampler(setup, sampled, tmp_path
     gen = torch_generate.Generator.__new__(torch_generate.Generator)  # no generation.json
     gen.model, gen.g = _torch_model(p, model.cfg, tmp_path / name), {"latent_grid": [4, 4]}
     gens.append(gen)
-  x_t = torch.from_numpy(np.asarray(x[0]))
+  x_t = torch.from_numpy(np.array(x[0]))
   v = gens[0].velocity(doc, x_t, 0.3, False, 1.0, 1.0).numpy()
   np.testing.assert_allclose(v, got, atol=1e-4 * np.abs(got).max())
   # guidance scales 0, 0: the "none" branch alone
