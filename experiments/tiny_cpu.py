@@ -12,6 +12,9 @@ Config arguments (after the ':', comma-separated key=value; the defaults give th
          mask; for long rows, e.g. res=64; flash is the Pallas kernel, interpret mode on CPU)
   textw  none | answers | outputs: data.text_loss_weights, the text loss by the role of the text
          (TEXT_WEIGHTS below; none = every text token weighs 1, the key left out)
+  editskip  1: model.edit_skip (model/edit_skip.py: each noisy patch adds a zero-initialised
+         projection of its edit source's clean latent at the same cell); 0 (default): the
+         key is not set, the paper's model
 """
 
 import ml_collections
@@ -45,7 +48,8 @@ TEXT_WEIGHTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense", textw="none")
+  args = config_args.parse_arg(arg, size="tiny", res=32, batch=16, attn="dense", textw="none",
+                               editskip=False)
   config_args.check_choice(args, "size", SIZES)
   config_args.check_choice(args, "attn", ("dense", "blockwise", "flash"))
   config_args.check_choice(args, "textw", TEXT_WEIGHTS)
@@ -55,8 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _apply_args(c, args) -> None:
-  """size / res / batch / attn / textw -> the keys they set (at the defaults: exactly the
-  values of _base; textw=none sets nothing)."""
+  """size / res / batch / attn / textw / editskip -> the keys they set (at the defaults:
+  exactly the values of _base; textw=none and editskip=0 set nothing)."""
   c.model.update(SIZES[args.size])
   if args.res <= 0 or args.res % c.data.patch_size:
     raise ValueError(f"config argument res={args.res}: must be a positive multiple of the"
@@ -70,6 +74,8 @@ def _apply_args(c, args) -> None:
   c.model.attention = args.attn
   if TEXT_WEIGHTS[args.textw] is not None:
     c.data.text_loss_weights = ml_collections.ConfigDict(TEXT_WEIGHTS[args.textw])
+  if args.editskip:
+    c.model.edit_skip = True
 
 
 def _base() -> ml_collections.ConfigDict:

@@ -201,6 +201,7 @@ SCHEMA: dict[str, Key] = {
     "model.vit_grid": _pos(),
     "model.vis_pos_embed": _choice("sincos", "none", optional=True),
     "model.predict": _choice("velocity", "x1", optional=True),
+    "model.edit_skip": Key("bool", optional=True),  # model/edit_skip.py; off = the paper
     "model.vit": _choice("tiny", "siglip", optional=True),
     "model.vit_mlp_dim": _int(0, optional=True),
     "model.vit_pos_grid": _int(0, optional=True),

@@ -123,6 +123,29 @@ def timestep_embedding(t_BL, dim: int, max_period: float = 10_000.0):
   return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def edit_source(b: dict, keep_BVV: torch.Tensor | None = None) -> torch.Tensor:
+  """model.edit_skip (mogao_jax/model/edit_skip.py), pairwise over the vision slots: each
+  NVAE slot gets the clean latent, at its own (H, W) cell, of the most recent preceding (T
+  smaller) CVAE image of its document with the same grid; zero without one. ``keep_BVV``
+  (the guidance branches' key mask) drops sources a query may not read: the "none" branch
+  has none, as the JAX sampler gives it."""
+  kind, seg, img = b["vis_kind"], b["vis_segment"], b["vis_image"]
+  t, h, w = b["vis_pos"].unbind(-1)
+  same_img = (img[:, :, None] == img[:, None, :]) & (img[:, None, :] > 0)
+  rows = torch.where(same_img, h[:, None, :] + 1, 0).amax(-1)  # the slot's image's grid
+  cols = torch.where(same_img, w[:, None, :] + 1, 0).amax(-1)
+  q = lambda x: x[:, :, None]  # noqa: E731
+  k = lambda x: x[:, None, :]  # noqa: E731
+  ok = ((q(kind) == NVAE) & (k(kind) == CVAE) & (q(seg) == k(seg)) & (q(seg) > 0)
+        & (k(t) < q(t)) & (q(h) == k(h)) & (q(w) == k(w)) & (q(rows) == k(rows))
+        & (q(cols) == k(cols)))
+  if keep_BVV is not None:
+    ok = ok & keep_BVV
+  score = torch.where(ok, k(t), -1)
+  pick = ok & (score == score.amax(-1, keepdim=True))  # one slot: that image's (H, W) cell
+  return pick.float() @ b["vis_latent"].float()
+
+
 class Mogao(torch.nn.Module):
   def __init__(self, cfg: dict, tensors: dict[str, torch.Tensor]):
     super().__init__()
@@ -250,6 +273,10 @@ class Mogao(torch.nn.Module):
     c = self.cfg
     x_txt = self.embed_text_stream(b)
     x_vis = self.dense(b["vis_latent"].float(), "vis_in")
+    if c.get("edit_skip", False):
+      n_txt = b["txt_kind"].shape[1]
+      keep = None if keep_BLL is None else keep_BLL[:, n_txt:, n_txt:]
+      x_vis = x_vis + self.dense(edit_source(b, keep), "edit_skip")
     if c.get("vis_pos_embed", "none") == "sincos":
       x_vis = x_vis + sincos_2d(b["vis_pos"][..., 1], b["vis_pos"][..., 2], c["width"])
     emb = timestep_embedding(vis_t_BV, T_EMBED_DIM)

@@ -66,6 +66,10 @@ class ModelConfig:
   # What the vision head predicts: "velocity" (v = x1 - x0, as Mogao / SD3) or "x1" (the clean
   # latent, converted to a velocity inside the model, so loss and sampler are unchanged).
   predict: str = "velocity"
+  # model/edit_skip.py: each NVAE slot's input adds a zero-initialised projection of its
+  # source image's clean latent at the same (H, W) cell (InstructPix2Pix-like). Off: the
+  # paper's model, no extra parameter.
+  edit_skip: bool = False
 
   @property
   def vision_grid(self) -> int:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from mogao_jax.data import batch as batch_lib
 from mogao_jax.data.batch import Kind
+from mogao_jax.model import edit_skip as edit_skip_lib
 from mogao_jax.model import image_batch, layers, masks, rope, siglip, transformer, vit
 from mogao_jax.model.config import ModelConfig
 
@@ -36,6 +37,8 @@ class Mogao(nn.Module):
                 if c.vit == "siglip" else vit.TinyViT(c))
     self.connector = vit.Connector(c)
     self.vis_in = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
+    if c.edit_skip:  # model/edit_skip.py; zero-init and bias-free: adds nothing at the start
+      self.edit_skip = layers.dense(c.width, (None, "embed"), c, zero=True)
     self.t_fc1 = layers.dense(c.width, (None, "embed"), c, bias=True, bias_axes=("embed",))
     self.t_fc2 = layers.dense(c.width, ("embed", "embed_out"), c, bias=True,
                               bias_axes=("embed_out",))
@@ -100,10 +103,18 @@ class Mogao(nn.Module):
     one_hot = (copy_BV[..., None] == jnp.arange(x_BE.shape[1])).astype(x_BE.dtype)
     return jnp.einsum("bve,be...->bv...", one_hot, x_BE)
 
-  def _embed(self, b, vis_t_BV, vit_images: int = 0):
+  def edit_source(self, b, n_images: int):
+    """[B, V, C] the source image's clean latent on each NVAE slot (model/edit_skip.py)."""
+    return edit_skip_lib.source_latents(b["vis_kind"], b["vis_image"], b["vis_pos"],
+                                        b["vis_segment"], b["vis_latent"], n_images,
+                                        self.cfg.vision_grid)
+
+  def _embed(self, b, vis_t_BV, vit_images: int = 0, source_BVC=None):
     x_txt = nn.with_logical_constraint(self.embed_text_stream(b, vit_images),
                                        ("batch", "length", "embed"))
     x_vis = self.vis_in(b["vis_latent"].astype(self.cfg.compute_dtype))
+    if self.cfg.edit_skip:
+      x_vis = x_vis + self.edit_skip(source_BVC.astype(self.cfg.compute_dtype))
     if self.cfg.vis_pos_embed == "sincos":
       pos = b["vis_pos"]
       table = layers.sincos_2d(pos[..., 1], pos[..., 2], self.cfg.width)
@@ -113,8 +124,9 @@ class Mogao(nn.Module):
 
   def __call__(self, b, vis_t_BV):
     c = self.cfg
-    x_txt, x_vis = self._embed(b, vis_t_BV)
     n = batch_lib.vis_capacity(b["vis_kind"].shape[1], c.vision_grid, c.vis_images)
+    x_txt, x_vis = self._embed(b, vis_t_BV, source_BVC=self.edit_source(b, n)
+                               if c.edit_skip else None)
     cond_BED, copy_BV = self.conditioning(b, vis_t_BV, n)
     meta = masks.joint_metadata(b)
     if c.attention in ("blockwise", "flash"):  # the mask is built per tile inside attention
@@ -135,9 +147,17 @@ class Mogao(nn.Module):
     cache_kv = (k, v), each [depth, B, C, num_kv_heads, head_dim], rotated. Returns
     (logits_BTV, velocity_BVC, new_kv) with new_kv the new slots' (k, v), [depth, B, L, ...].
     `vit_images`: the most images with VIT copies among the new slots of a row (0 = config).
+    With model.edit_skip, b["vis_source"] [B, L_vis, C] is the NVAE slots' source latent (the
+    sampler derives it over the row's clean images in the cache, sample/engine.py); without
+    it, it is derived over the new slots alone, as the full forward does over a row.
     """
     c = self.cfg
-    x_txt, x_vis = self._embed(b, vis_t_BV, vit_images)
+    source_BVC = None
+    if c.edit_skip:
+      source_BVC = b.get("vis_source")
+      if source_BVC is None:  # every image has a slot: the slot count bounds the images
+        source_BVC = self.edit_source(b, b["vis_kind"].shape[1])
+    x_txt, x_vis = self._embed(b, vis_t_BV, vit_images, source_BVC)
     # Per slot: the sampler's new slots are few and an exact per-image capacity for them
     # would need one entry per slot anyway (any slot may start an image).
     cond_BED, copy_BV = self.conditioning(b, vis_t_BV, None)

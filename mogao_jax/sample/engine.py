@@ -30,6 +30,7 @@ from mogao_jax.data import tokenizer as tokenizer_lib
 from mogao_jax.data import images as images_lib
 from mogao_jax.data.batch import Kind
 from mogao_jax.model import codec as codec_lib
+from mogao_jax.model import edit_skip as edit_skip_lib
 from mogao_jax.model import masks
 from mogao_jax.model.mogao import Mogao
 from mogao_jax.parallel import rules as rules_lib
@@ -208,6 +209,10 @@ class Sampler:
     bb["vis_image"] = jnp.concatenate(
         [b["vis_image"] + r * _BRANCH_OFFSET for r in range(reps)], axis=1)
     bb["vis_latent"] = jnp.concatenate([x_BNC] * reps, axis=1)
+    if "vis_source" in b:  # model.edit_skip; branch "none" reads no context image, so no
+      src = b["vis_source"]  # source either (as image condition dropout trains it)
+      bb["vis_source"] = jnp.concatenate(
+          ([jnp.zeros_like(src)] if reps == 3 else []) + [src] * min(reps, 2), axis=1)
     keep = None
     if reps == 3:
       kinds = jnp.concatenate([cache.kind, masks.joint_metadata(bb)["kind"]], axis=1)
@@ -307,13 +312,26 @@ class Sampler:
     return (np.array([r.uid if r else 0 for r in rows], np.int32),
             np.array([counter(r) if r else 0 for r in rows], np.int32))
 
-  def _generate(self, rows, active):
-    """One image for every active row (the ODE runs over the whole batch, results are kept
-    for active rows), then the clean image and `</img>` go into the cache."""
+  def gen_query(self, rows, active):
+    """The NVAE slots of the next image of every active row, collated for `_gen`; with
+    model.edit_skip also `vis_source`, their source latent by the training forward's rule
+    (model/edit_skip.py) over the row's clean images so far."""
     q = [slots_lib.Slots(dataclasses.replace(r.state), self.patch_size)
          .noisy(self.codec.grid, self.cfg.latent_dim) if a else None
          for r, a in zip(rows, active)]
     b = slots_lib.collate(q, self.dims, self.capacity, n_txt=0, n_vis=self.n_latent)
+    if self.cfg.edit_skip:
+      h = slots_lib.with_clean_history(q, self.cfg.latent_dim)
+      n_images = max(len(s.state.clean) + 1 for s in q if s)
+      src = edit_skip_lib.source_latents(h["kind"], h["image"], h["pos"], h["segment"],
+                                         h["latent"], n_images, max(self.codec.grid))
+      b["vis_source"] = np.asarray(src)[:, :self.n_latent]
+    return b
+
+  def _generate(self, rows, active):
+    """One image for every active row (the ODE runs over the whole batch, results are kept
+    for active rows), then the clean image and `</img>` go into the cache."""
+    b = self.gen_query(rows, active)
     latent = np.asarray(self._gen(self.params, self.cache, b,
                                   *self._counters(rows, lambda r: r.n_gen)))
     idx = [i for i, a in enumerate(active) if a]

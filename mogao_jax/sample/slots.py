@@ -22,10 +22,13 @@ VIS_FIELDS = ("segment", "kind", "image", "pos", "latent")
 
 @dataclasses.dataclass
 class RowState:
-  """Where the next slot of one row goes: T position, last image id, cache fill."""
+  """Where the next slot of one row goes: T position, last image id, cache fill; and the
+  row's clean (CVAE) image chunks so far, which the edit skip reads (model/edit_skip.py:
+  the cache keeps keys and values, not latents)."""
   t: int = 0
   n_img: int = 0
   length: int = 0
+  clean: list = dataclasses.field(default_factory=list)
 
 
 def _chunk(n, kind, image, t, h=0, w=0, token=0, data=None, dim=0):
@@ -65,6 +68,7 @@ class Slots:
     img, t = self.state.n_img, self.state.t
     self.txt.append(_chunk(len(patches), Kind.VIT, img, t, h, w, data=patches))
     self.vis.append(_chunk(len(vis), Kind.CVAE, img, t, vh, vw, data=np.asarray(vis, np.float32)))
+    self.state.clean.append(self.vis[-1])
     self.state.t += 1
     return self
 
@@ -134,6 +138,16 @@ def collate(rows: list[Slots | None], dims: tuple[int, int], capacity: int,
   out = {f"txt_{k}": np.stack([x[k] for x in txt]) for k in TXT_FIELDS}
   out |= {f"vis_{k}": np.stack([x[k] for x in vis]) for k in VIS_FIELDS}
   return out | {"dest": dest, "last": last, "has_txt": has_txt}
+
+
+def with_clean_history(rows: list[Slots | None], dim: int) -> dict[str, np.ndarray]:
+  """Vision-stream arrays (segment, kind, image, pos, latent) [B, n] of each row's new
+  vision slots FIRST (so they keep their collate index), then the row's clean images so far
+  (RowState.clean): what the edit skip's source rule reads (model/edit_skip.py)."""
+  chunks = [(r.vis + r.state.clean) if r else [] for r in rows]
+  n = bucket(max([sum(len(c["kind"]) for c in cs) for cs in chunks] + [1]))
+  out = [_stream(cs, n, dim, "latent") for cs in chunks]
+  return {k: np.stack([x[k] for x in out]) for k in VIS_FIELDS}
 
 
 def advance(rows: list[Slots | None]) -> None:
