@@ -38,8 +38,8 @@ def main(argv=None):
   for n in topo.split(":")[1].split("x"):
     chips *= int(n)
   print("| attention | slots/row | rows/step | args GiB | temp GiB | peak GiB/chip | of HBM |"
-        " compile s | estimate GiB/chip |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        " compile s | estimate GiB/chip | optimal_seconds (XLA) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for slots in map(int, a.slots.split(",")):
     config = config_args.load_experiment(a.config).get_config()
     config.model.attention = a.attention
@@ -49,18 +49,18 @@ def main(argv=None):
     est = f"{estimate.memory_per_device(config, chips)['gib']['total']:.2f}"
     head = f"| {a.attention} | {slots} | {config.data.batch_size} |"
     if a.estimate_only:
-      print(f"{head} - | - | - | - | - | {est} |", flush=True)
+      print(f"{head} - | - | - | - | - | {est} | - |", flush=True)
       continue
     t0 = time.perf_counter()
     try:
       out = dry_run.run(config)
     except Exception as e:  # noqa: BLE001  a row per length, failures included
-      print(f"{head} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} ||||| {est} |",
+      print(f"{head} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]} ||||| {est} | - |",
             flush=True)
       continue
     print(f"{head} {out['argument_gib']:.2f} | {out['temp_gib']:.2f} | {out['peak_gib']:.2f}"
           f" | {out.get('peak_of_hbm', float('nan')):.2f} | {time.perf_counter() - t0:.0f}"
-          f" | {est} |", flush=True)
+          f" | {est} | {out['optimal_seconds']:.4g} |", flush=True)
 
 
 if __name__ == "__main__":

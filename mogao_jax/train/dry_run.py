@@ -145,6 +145,10 @@ def compile_step(config, devices=None, compiler_options=None):
   return compiled, rows, mesh
 
 
+def _positive_or_nan(x) -> float:
+  return float(x) if x is not None and float(x) > 0 else float("nan")
+
+
 def summarize(compiled, rows, mesh) -> dict:
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -155,6 +159,10 @@ def summarize(compiled, rows, mesh) -> dict:
       "params_total": sum(r["bytes"] for r in rows),
       "params_per_device": sum(r["bytes_per_device"] for r in rows),
       "flops_per_step_per_device": float((cost or {}).get("flops", float("nan"))),
+      # XLA's roofline of the compiled program, a compiler estimate, never a measurement; nan
+      # where not reported: libtpu 0.0.42.1 gives it for a lone kernel (benchmarks/RESULTS.md
+      # 13) but a negative sentinel (-2) for a whole train step, even v5p-8's tiny one.
+      "optimal_seconds": _positive_or_nan((cost or {}).get("optimal_seconds")),
   }
   if mem is not None:
     out.update(argument_gib=gib(mem.argument_size_in_bytes), output_gib=gib(mem.output_size_in_bytes),
