@@ -63,6 +63,7 @@ def test_pathway_count_matches_the_parameters(config):
   assert flops.pathway_matmul_per_token(mcfg) * mcfg.depth == 2 * kernels
 
 
+@pytest.mark.slow  # the step benchmark's compiles (~60-85 s): keeps the default suite inside its 20 minutes
 def test_step_table(config):
   one = {k: v[0] for k, v in _hand_batch(config, 64, 64).items()}
   b = rowkit.stack([one, one])
@@ -183,6 +184,7 @@ def test_peer_samples_hold_the_rows_content(config):
   assert 1 + 3 + 4 + peer.meta_tokens(2, 2) + len(sample[2]) + 1 - 1 == 40
 
 
+@pytest.mark.slow  # dense / blockwise / flash compiles: keeps the default suite inside its 20 minutes
 def test_attention_benchmark_rows():
   """benchmarks.attention: one row per implementation; the kernels visit fewer tiles than
   dense computes and hold fewer temporaries than its L x L mask and scores (no timing)."""

@@ -35,6 +35,7 @@ def _host(tree):
       x.dtype, jax.dtypes.prng_key) else x), tree)
 
 
+@pytest.mark.slow  # two meshes' compiles (~40 s): keeps the default suite inside its 20 minutes
 def test_restore_onto_other_mesh_and_device_count(config, tmp_path):
   """8 devices FSDP -> 4 devices tensor-parallel: same values, the new shardings."""
   config.train.ema_decay = 0.9  # the EMA travels with the params

@@ -60,6 +60,7 @@ def test_report_lists_every_tensor(tower):
   assert all(r.startswith("head.") for r in unused), unused  # the pooling head only
 
 
+@pytest.mark.slow  # the per-image tower against transformers (~45 s): keeps the default suite inside its 20 minutes
 def test_mogao_per_image_tower_matches_transformers(tower, tmp_path_factory):
   """model.vit='siglip' + init.vit: the features at an image's VIT slots (grid 6, table 4:
   interpolated) equal SiglipVisionModel's on that image."""

@@ -135,6 +135,7 @@ def test_from_parts_compiles_for_a_tpu_topology(tmp_path):
   assert out["hbm_gib"] == 95 and 0 < out["peak_gib"] < 95
 
 
+@pytest.mark.slow  # the trainer's dry run compile (~30-40 s): keeps the default suite inside its 20 minutes
 def test_trainer_dry_run_compiles_without_training(tmp_path):
   from mogao_jax.train import loop  # pylint: disable=g-import-not-at-top
   c = tiny_config()

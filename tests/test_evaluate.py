@@ -58,6 +58,7 @@ def test_ground_truth_scores_one_everywhere(workdir, tmp_path):
       "caption": 1.0, "edit": 1.0, "story": 1.0}
 
 
+@pytest.mark.slow  # a second evaluation run: keeps the default suite inside its 20 minutes
 def test_evaluate_an_earlier_checkpoint(workdir, tmp_path):
   res = evaluate.evaluate(workdir, n_per_category=1, kinds=["vqa"], max_tokens=2, step=1,
                           out=str(tmp_path))
@@ -71,6 +72,7 @@ def test_attributes_line():
   assert evaluate.attributes_line("vqa", {"overall": 1.0}) is None
 
 
+@pytest.mark.slow  # the evaluate entry point end to end: keeps the default suite inside its 20 minutes
 def test_evaluate_random_checkpoint_end_to_end(workdir):
   sc = sampling.SampleConfig(steps=2, g_txt=2.0, g_img=1.5)  # the guided path, end to end
   res = evaluate.evaluate(workdir, n_per_category=1, max_tokens=6,

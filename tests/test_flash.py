@@ -88,6 +88,7 @@ def test_outputs_and_gradients_equal_dense(case, block, kv_heads):
     assert np.abs(np.asarray(g_ref)).max() > 0.1
 
 
+@pytest.mark.slow  # interpret mode in bf16 (~20 s): keeps the default suite inside its 20 minutes
 def test_bfloat16_inputs():
   meta = _meta("mixed")
   qkv, w, real = _qkv(meta, dtype=jnp.bfloat16)

@@ -78,6 +78,7 @@ def test_other_head_layouts_equal_dense(rows, block, kv_heads):
   _check_against_dense(rows, block, kv_heads)
 
 
+@pytest.mark.slow  # interpret mode in bf16 (~20 s): keeps the default suite inside its 20 minutes
 def test_bfloat16_inputs(rows):
   meta = rows
   qkv, w, real = _qkv(meta, dtype=jnp.bfloat16)

@@ -3,6 +3,7 @@ sample grid and periodic eval write what they promise to TensorBoard."""
 
 import jax
 import numpy as np
+import pytest
 
 from mogao_jax.data import pipeline
 from mogao_jax.eval import hooks as eval_hooks
@@ -51,6 +52,7 @@ class _State:
     self.params, self.ema = params, None
 
 
+@pytest.mark.slow  # a training run with sampling and eval hooks (~50 s): keeps the default suite inside its 20 minutes
 def test_sample_grid_and_periodic_eval_write_to_tensorboard(tmp_path):
   c = tiny_config()
   # The scorer reads the world's resolutions (32 px and up), as in test_evaluate.

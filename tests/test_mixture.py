@@ -138,6 +138,7 @@ def test_too_few_records_for_the_processes(config, tmp_path, tok):
     pipeline.make_pipeline(config, tok, process_index=1, process_count=2)
 
 
+@pytest.mark.slow  # Grain worker processes start and import JAX (~90 s): keeps the default suite inside its 20 minutes
 def test_grain_workers_over_file_sources(config, files, tok):
   """num_workers > 0 (mp_prefetch): the same batches as in-process, and a state round trip."""
   _mix(config, files)

@@ -221,6 +221,7 @@ def test_token_filters():
   np.testing.assert_array_equal(sampling.sample_tokens(keys, logits, hot), [1, 0])
 
 
+@pytest.mark.slow  # several sampler compiles (~20 s): keeps the default suite inside its 20 minutes
 def test_batch_equals_single_runs_and_is_deterministic(setup):
   make = setup[4]
   sc = sampling.SampleConfig(steps=2, temperature=1.0, top_k=8)
