@@ -159,9 +159,9 @@ def summarize(compiled, rows, mesh) -> dict:
       "params_total": sum(r["bytes"] for r in rows),
       "params_per_device": sum(r["bytes_per_device"] for r in rows),
       "flops_per_step_per_device": float((cost or {}).get("flops", float("nan"))),
-      # XLA's roofline of the compiled program, a compiler estimate, never a measurement; nan
-      # where not reported: libtpu 0.0.42.1 gives it for a lone kernel (benchmarks/RESULTS.md
-      # 13) but a negative sentinel (-2) for a whole train step, even v5p-8's tiny one.
+      # XLA's roofline of the compiled program, a compiler estimate, never a measurement (it
+      # counts a scanned stack's body once); nan where not reported: libtpu 0.0.42.1 gives a
+      # negative sentinel for some programs (-2 for v5p-8's tiny step; RESULTS.md 15, 17).
       "optimal_seconds": _positive_or_nan((cost or {}).get("optimal_seconds")),
   }
   if mem is not None:
