@@ -244,3 +244,14 @@ def test_tiny_cpu_argument_turns_it_on_and_the_default_is_unchanged():
   on = exp.get_config("editskip=1").to_dict()
   assert on["model"].pop("edit_skip") is True
   assert on == default
+
+
+def test_text_decoding_without_vision_slots_adds_nothing():
+  """The sampler's text steps decode with no vision slot (decode derives the source over the
+  new slots alone): an empty stream gives an empty source, never an argmax over no image
+  (`evaluate` on an edit_skip run crashed there on its first caption)."""
+  from mogao_jax.model import edit_skip  # pylint: disable=g-import-not-at-top
+  z = lambda *s: jnp.zeros(s, jnp.int32)  # noqa: E731
+  out = edit_skip.source_latents(z(2, 0), z(2, 0), z(2, 0, 3), z(2, 0),
+                                 jnp.zeros((2, 0, 48)), 0, 4)
+  assert out.shape == (2, 0, 48)

@@ -65,6 +65,8 @@ def source_latents(kind_BL, image_BL, pos_BL3, segment_BL, latent_BLC, n_images:
   CVAE slots only (clean there; NVAE slots may hold x_t). `n_images`: the row's image
   capacity (batch.vis_capacity); `grid`: the largest patch rows / columns of an image."""
   b, l, c = latent_BLC.shape
+  if l == 0 or n_images == 0:  # no vision slot (the sampler's text decoding): nothing to add
+    return jnp.zeros_like(latent_BLC)
   table, rank, ok = _image_table(kind_BL, image_BL, pos_BL3, segment_BL, n_images)
   src_Bn, has_Bn = source_index(table)
   h, w = pos_BL3[..., 1], pos_BL3[..., 2]
