@@ -21,8 +21,8 @@ def define() -> None:
   flags.DEFINE_string("workdir", None, "training workdir (config.json, tokenizer, checkpoints/)")
   flags.DEFINE_integer("steps", _d.steps, "Euler steps of the image ODE (noise t=0 -> data t=1)")
   flags.DEFINE_float("shift", _d.shift, "time-grid shift of the image ODE (1 = uniform)")
-  flags.DEFINE_float("g_txt", _d.g_txt, "text guidance scale (1 = none; see SampleConfig on why 1"
-                     " is the default while training has no condition dropout)")
+  flags.DEFINE_float("g_txt", _d.g_txt, "text guidance scale (1 = none; > 1 needs a run trained "
+                     "with data.cond_dropout > 0: see SampleConfig)")
   flags.DEFINE_float("g_img", _d.g_img, "image guidance scale (1 = none)")
   flags.DEFINE_float("temperature", _d.temperature, "text sampling temperature (0 = greedy)")
   flags.DEFINE_integer("top_k", _d.top_k, "top-k text sampling (0 = off)")

@@ -16,8 +16,10 @@ class SampleConfig:
   """Sampler settings (hashable: jitted functions take it as a static argument).
 
   temperature 0 = greedy. top_k 0 / top_p 1 = off. Guidance scales of 1 (the default) mean no
-  guidance: the training recipe has no condition dropout yet, so the unconditional branches
-  are out of distribution and MOGAO.md's 7.5 / 1.5 would amplify noise, not the condition.
+  guidance, right for any run: guidance needs a run trained with condition dropout
+  (data.cond_dropout; 0.1 in experiments/tiny_cpu.py), else its unconditional branches are
+  out of distribution. On such a run g_txt 3 lifted GenEval 0.008 -> 0.042 at step 400
+  (benchmarks/LEARNING.md); a per-run default is open work (issue 34).
   """
   temperature: float = 0.0
   top_k: int = 0
