@@ -23,7 +23,6 @@ def root(tmp_path_factory, tmp_path):
   return dst
 
 
-@pytest.mark.slow  # trains three runs (~60-80 s): keeps the default suite inside its 20 minutes
 def test_compare_three_runs(root):
   # A world eval of one run: its newest step's scores show up as columns.
   for step, score in ((1, 0.1), (runskit.STEPS, 0.75)):
